@@ -1,0 +1,40 @@
+"""pytest-nsbox: a throw-away Linux container for every test.
+
+Names are imported lazily (PEP 562) so that ``pytest --help`` and the zygote, which import
+this package, load nothing they do not use.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from .cgroups.base import Stats
+    from .errors import (BoxClosed, BoxError, CgroupError, CommandFailed, HostNotSupported,
+                         ImageError, NsboxError, SpecError)
+    from .images.image import Image
+    from .runtime.box import Box
+    from .runtime.process import Process
+    from .runtime.result import Change, RunResult
+    from .spec import BoxSpec
+
+_EXPORTS = {
+    "Box": "runtime.box", "Process": "runtime.process", "RunResult": "runtime.result",
+    "Change": "runtime.result", "Stats": "cgroups.base", "Image": "images.image",
+    "BoxSpec": "spec", "NsboxError": "errors", "SpecError": "errors", "BoxError": "errors",
+    "BoxClosed": "errors", "CgroupError": "errors", "CommandFailed": "errors",
+    "HostNotSupported": "errors", "ImageError": "errors",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pytest_nsbox' has no attribute {name!r}")
+    from importlib import import_module
+
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value

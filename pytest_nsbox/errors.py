@@ -1,0 +1,69 @@
+"""One error hierarchy for everything pytest-nsbox raises on purpose.
+
+Callers catch ``NsboxError``; the plugin maps ``HostNotSupported`` to a skip and
+``SpecError`` to a one-line usage error, so neither ever reaches users as a traceback.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime.result import RunResult
+
+
+class NsboxError(Exception):
+    """Base of every error pytest-nsbox raises deliberately."""
+
+
+class SpecError(NsboxError, ValueError):
+    """A marker, factory or ``Box`` key or value is wrong.
+
+    ``str()`` is the whole user-facing line, e.g.
+    ``sandbox(memory='lots'): not a size; use e.g. '64M'``.
+    """
+
+    def __init__(self, key: str, value: object, problem: str, example: str | None = None,
+                 source: str = "sandbox") -> None:
+        self.key = key
+        self.value = value
+        self.problem = problem
+        self.example = example
+        self.source = source
+        hint = f"; use e.g. {example}" if example else ""
+        super().__init__(f"{source}({key}={value!r}): {problem}{hint}")
+
+
+class HostNotSupported(NsboxError):
+    """This host cannot run boxes; the message is one fix-it line."""
+
+
+class BoxError(NsboxError):
+    """A box could not be created, or failed while it ran."""
+
+
+class BoxClosed(BoxError):
+    """The box was used after ``close()`` or after its init died."""
+
+
+class CgroupError(NsboxError):
+    """A cgroup could not be created, limited, read or removed."""
+
+
+class ImageError(NsboxError):
+    """An image reference is unknown, or an image could not be built or loaded."""
+
+
+class CommandFailed(NsboxError):
+    """``run(..., check=True)`` got a non-zero exit; ``result`` holds the whole ``RunResult``."""
+
+    def __init__(self, result: RunResult) -> None:
+        self.result = result
+        tail = result.stderr.strip().splitlines()[-3:]
+        detail = (": " + " | ".join(tail)) if tail else ""
+        if result.timed_out:
+            what = "timed out"
+        elif result.oom_killed:
+            what = "was killed for memory (OOM)"
+        else:
+            what = f"exited with status {result.returncode}"
+        super().__init__(f"command {result.args!r} {what}{detail}")

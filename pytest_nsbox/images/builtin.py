@@ -1,0 +1,130 @@
+"""The built-in images: ``host``, ``busybox`` and ``scratch``; nothing is downloaded.
+
+Each builder fills an empty directory that the store then renames into place, so a
+half-built layer is never seen.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import struct
+import subprocess
+
+from ..errors import ImageError
+
+BUSYBOX_FIX = ("install the statically linked busybox (Debian/Ubuntu: "
+               "apt-get install busybox-static; Fedora: dnf install busybox; "
+               "Alpine: apk add busybox-static)")
+
+# Top-level host directories that hold the OS; everything else at the top of the host's
+# root (home directories, /work, /mnt, ...) is hidden by an opaque empty directory.
+HOST_OS_DIRS = frozenset({"bin", "boot", "etc", "lib", "lib32", "lib64", "libx32", "opt",
+                          "sbin", "srv", "usr", "var", "proc", "sys", "dev"})
+# Fresh and empty in every host box, as CONTRACT.md promises.
+HOST_FRESH_DIRS = ("tmp", "run", "root", "home", "var/tmp")
+OPAQUE_XATTR = "trusted.overlay.opaque"
+
+PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
+          "daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
+          "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n")
+GROUP = "root:x:0:\ndaemon:x:1:\ntty:x:5:\nnogroup:x:65534:\n"
+
+
+def find_busybox() -> str:
+    """A statically linked busybox on this host, or an ImageError saying what to install."""
+    candidates = [os.environ.get("NSBOX_BUSYBOX"), shutil.which("busybox"),
+                  "/bin/busybox", "/usr/bin/busybox", "/usr/sbin/busybox"]
+    seen_dynamic = None
+    for path in candidates:
+        if not path or not os.path.isfile(path):
+            continue
+        real = os.path.realpath(path)
+        if _is_static_elf(real):
+            return real
+        seen_dynamic = real
+    if seen_dynamic:
+        raise ImageError(f"image 'busybox': {seen_dynamic} is dynamically linked and cannot run "
+                         f"alone in a box; {BUSYBOX_FIX}")
+    raise ImageError(f"image 'busybox': no busybox binary on this host; {BUSYBOX_FIX}")
+
+
+def _is_static_elf(path: str) -> bool:
+    """True when the ELF file has no PT_INTERP (needs no dynamic loader)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(64)
+            if head[:4] != b"\x7fELF" or head[4] != 2:
+                return False
+            endian = "<" if head[5] == 1 else ">"
+            phoff, = struct.unpack_from(endian + "Q", head, 32)
+            phentsize, phnum = struct.unpack_from(endian + "HH", head, 54)
+            f.seek(phoff)
+            table = f.read(phentsize * phnum)
+    except OSError:
+        return False
+    for i in range(phnum):
+        ptype, = struct.unpack_from(endian + "I", table, i * phentsize)
+        if ptype == 3:  # PT_INTERP
+            return False
+    return True
+
+
+def busybox_key(busybox: str) -> str:
+    """Cache key of the busybox layer: the binary's content and our layout version."""
+    h = hashlib.sha256(b"nsbox-busybox-layer-v1\0")
+    with open(busybox, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def build_busybox(dest: str, busybox: str) -> None:
+    applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True,
+                             timeout=30, check=False)
+    if applets.returncode != 0:
+        raise ImageError(f"image 'busybox': `{busybox} --list-full` failed "
+                         f"({applets.stderr.strip()}); {BUSYBOX_FIX}")
+    for d in ("bin", "sbin", "usr/bin", "usr/sbin", "etc", "proc", "sys", "dev", "root",
+              "var", "home"):
+        os.makedirs(os.path.join(dest, d), mode=0o755, exist_ok=True)
+    os.mkdir(os.path.join(dest, "tmp"), 0o1777)
+    os.chmod(os.path.join(dest, "tmp"), 0o1777)
+    os.chmod(os.path.join(dest, "root"), 0o700)
+    shutil.copy2(busybox, os.path.join(dest, "bin/busybox"))
+    for rel in applets.stdout.split():
+        rel = rel.strip("/")
+        if not rel or ".." in rel.split("/") or rel == "bin/busybox":
+            continue
+        link = os.path.join(dest, rel)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        if not os.path.lexists(link):
+            os.symlink("/bin/busybox", link)
+    _write(os.path.join(dest, "etc/passwd"), PASSWD, 0o644)
+    _write(os.path.join(dest, "etc/group"), GROUP, 0o644)
+
+
+def host_mask_key(root: str = "/") -> tuple[str, list[str]]:
+    """The host directories a host box must not see, and a key naming that set."""
+    hidden = sorted(name for name in os.listdir(root)
+                    if name not in HOST_OS_DIRS and os.path.isdir(os.path.join(root, name))
+                    and not os.path.islink(os.path.join(root, name)))
+    masked = sorted(set(hidden) | set(HOST_FRESH_DIRS))
+    key = hashlib.sha256(("nsbox-host-mask-v1\0" + "\0".join(masked)).encode()).hexdigest()
+    return key, masked
+
+
+def build_host_mask(dest: str, masked: list[str]) -> None:
+    """Opaque directories over the host's root: fresh /tmp, /root, ..., nothing personal."""
+    for rel in masked:
+        path = os.path.join(dest, rel)
+        os.makedirs(path, exist_ok=True)
+        mode = 0o1777 if rel in ("tmp", "var/tmp") else (0o700 if rel == "root" else 0o755)
+        os.chmod(path, mode)
+        os.setxattr(path, OPAQUE_XATTR, b"y")
+
+
+def _write(path: str, text: str, mode: int) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.chmod(path, mode)

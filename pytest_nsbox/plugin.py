@@ -1,0 +1,295 @@
+"""The pytest side: options, the ``sandbox`` marker, fixtures, reports.
+
+Data flows one way: marker kwargs are validated into a ``BoxSpec`` at collection (errors
+stashed and raised at setup, naming the test), the spec goes through the
+``pytest_nsbox_box_spec`` hook, a ``Box`` is started from it, and at teardown each box's
+commands are summarized into the report of a failed test. Heavy modules are imported
+inside hooks so ``pytest --help`` stays fast.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from .runtime.box import Box
+    from .spec import BoxSpec
+
+MARKER = "sandbox"
+KEEP_CHOICES = ("never", "failed", "all")
+HELP_REQUIRE = ("fail, instead of skip, tests that need a box when this host cannot run "
+                "boxes (not Linux, not root, no overlayfs)")
+HELP_KEEP = ("keep boxes' read-write layers for inspection: never (default), failed (boxes "
+             "of failed tests) or all; their paths are printed at the end")
+HELP_STATE = "directory of the image store (default /var/lib/nsbox, or $NSBOX_STORE)"
+HELP_RUN = ("directory of running boxes' layers (default /dev/shm/nsbox when /dev/shm is "
+            "tmpfs, else /run/nsbox, or $NSBOX_RUN)")
+HELP_CGROUP = "cgroup (relative to the hierarchy root) to create box cgroups under"
+HELP_IMAGES_DIR = "folder of fixtures images (NAME/Containerfile), relative to rootdir"
+# ini defaults for marker keys: nsbox_<key>
+INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "timeout", "hostname")
+
+spec_key = pytest.StashKey["BoxSpec | Exception"]()
+boxes_key = pytest.StashKey["list[Box]"]()
+reports_key = pytest.StashKey["dict[str, pytest.TestReport]"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("nsbox", "per-test containers (pytest-nsbox)")
+    group.addoption("--nsbox-require", action="store_true", default=None, help=HELP_REQUIRE)
+    group.addoption("--nsbox-keep", choices=KEEP_CHOICES, default=None, help=HELP_KEEP)
+    parser.addini("nsbox_require", HELP_REQUIRE, type="bool", default=False)
+    parser.addini("nsbox_keep", HELP_KEEP, default="never")
+    parser.addini("nsbox_state_dir", HELP_STATE, default="")
+    parser.addini("nsbox_run_dir", HELP_RUN, default="")
+    parser.addini("nsbox_cgroup_parent", HELP_CGROUP, default="")
+    parser.addini("nsbox_images_dir", HELP_IMAGES_DIR, default="fixtures_images")
+    for key in INI_DEFAULT_KEYS:
+        parser.addini(f"nsbox_{key}", f"default for sandbox({key}=...)", default="")
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    from . import newhooks
+
+    pluginmanager.add_hookspecs(newhooks)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sandbox(**keys): run this test's nsbox fixture with these box keys "
+        "(image, memory, cpus, pids, network, hostname, env, binds, timeout, ...)")
+    keep = config.getoption("nsbox_keep") or config.getini("nsbox_keep") or "never"
+    if keep not in KEEP_CHOICES:
+        raise pytest.UsageError(f"ini nsbox_keep={keep!r}: use one of {', '.join(KEEP_CHOICES)}")
+    config.stash[_settings_key] = _Settings(config, keep)
+
+
+class _Settings:
+    """Options resolved once: CLI over ini over built-in defaults."""
+
+    def __init__(self, config: pytest.Config, keep: str) -> None:
+        self.config = config
+        self.keep = keep
+        cli = config.getoption("nsbox_require")
+        self.require = bool(cli) if cli is not None else bool(config.getini("nsbox_require"))
+        self.defaults = {key: config.getini(f"nsbox_{key}") for key in INI_DEFAULT_KEYS
+                         if config.getini(f"nsbox_{key}")}
+        self.kept: list[tuple[str, str]] = []
+        self._host: Any = None
+
+    @property
+    def host(self) -> Any:
+        if self._host is None:
+            from .runtime import host as host_mod
+            from .state import StateDirs
+
+            ini = self.config.getini
+            dirs = StateDirs.default(store=ini("nsbox_state_dir") or None,
+                                     run=ini("nsbox_run_dir") or None)
+            self._host = host_mod.Host(dirs=dirs, rootdir=str(self.config.rootpath),
+                                       cgroup_parent=ini("nsbox_cgroup_parent") or None)
+            hook = self.config.hook
+            self._host.store.resolvers.append(
+                lambda ref: hook.pytest_nsbox_resolve_image(ref=ref))
+            host_mod.configure(self._host)
+        return self._host
+
+
+_settings_key = pytest.StashKey[_Settings]()
+
+
+def _marker_kwargs(item: pytest.Item) -> list[dict[str, Any]] | None:
+    """The sandbox markers' kwargs, closest first; None when the item has none."""
+    markers = list(item.iter_markers(MARKER))
+    if not markers:
+        return None
+    for mark in markers:
+        if mark.args:
+            from .errors import SpecError
+
+            raise SpecError("args", mark.args, "positional arguments are not accepted",
+                            "sandbox(image='busybox')")
+    return [dict(m.kwargs) for m in markers]
+
+
+def _item_spec(item: pytest.Item) -> BoxSpec:
+    """The validated spec of the item's marker(s) and ini defaults; raises SpecError."""
+    from .spec import BoxSpec, merge_marker_kwargs
+
+    found = item.stash.get(spec_key, None)
+    if found is None:
+        try:
+            kwargs_list = _marker_kwargs(item) or []
+            settings = item.config.stash[_settings_key]
+            found = BoxSpec.from_kwargs(merge_marker_kwargs(kwargs_list),
+                                        defaults=settings.defaults)
+        except Exception as exc:
+            found = exc
+        item.stash[spec_key] = found
+    if isinstance(found, Exception):
+        raise found
+    return found
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Validate every marker now, so a typo is caught before any box is built; the error
+    # is raised at setup of that test alone (the rest of the session runs).
+    from .errors import SpecError
+
+    for item in items:
+        if item.get_closest_marker(MARKER) is not None:
+            try:
+                _item_spec(item)
+            except SpecError:
+                pass
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker(MARKER) is None:
+        return
+    from .errors import SpecError
+
+    try:
+        _item_spec(item)
+    except SpecError as exc:
+        pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Iterator[None]:
+    report: pytest.TestReport = yield
+    item.stash.setdefault(reports_key, {})[report.when] = report
+    boxes = item.stash.get(boxes_key, None)
+    if boxes and report.failed and report.when in ("setup", "call"):
+        from .report import box_section
+
+        text = "\n\n".join(box_section(box) for box in boxes)
+        report.sections.append(("nsbox boxes", text))
+    return report
+
+
+def _outcome(item: pytest.Item) -> str:
+    reports = item.stash.get(reports_key, {})
+    if any(r.failed for r in reports.values()):
+        return "failed"
+    if any(r.skipped for r in reports.values()):
+        return "skipped"
+    return "passed"
+
+
+class BoxFactory:
+    """``nsbox_factory(**keys, name=None)``: more boxes for this test, all torn down with it."""
+
+    def __init__(self, item: pytest.Item) -> None:
+        self.item = item
+        self.settings = item.config.stash[_settings_key]
+        self.boxes: list[Box] = item.stash.setdefault(boxes_key, [])
+
+    def base_spec(self) -> BoxSpec:
+        from .errors import SpecError
+
+        try:
+            return _item_spec(self.item)
+        except SpecError as exc:
+            pytest.fail(f"{self.item.nodeid}: {exc}", pytrace=False)
+
+    def __call__(self, name: str | None = None, **keys: Any) -> Box:
+        from .errors import HostNotSupported, SpecError
+        from .runtime.box import Box
+        from .runtime.host import check_host
+        from .spec import BoxSpec
+
+        base = self.base_spec()
+        try:
+            check_host()
+        except HostNotSupported as exc:
+            if self.settings.require:
+                pytest.fail(f"nsbox: {exc} (--nsbox-require is set)", pytrace=False)
+            pytest.skip(f"nsbox: {exc}")
+        if name is not None:
+            keys["name"] = name
+        try:
+            spec = BoxSpec.from_kwargs({**base.to_kwargs(), **keys}, source="nsbox_factory")
+        except SpecError as exc:
+            pytest.fail(f"{self.item.nodeid}: {exc}", pytrace=False)
+        self.item.config.hook.pytest_nsbox_box_spec(spec=spec, item=self.item)
+        try:
+            spec = spec.validate()
+        except SpecError as exc:
+            pytest.fail(f"{self.item.nodeid}: after pytest_nsbox_box_spec: {exc}", pytrace=False)
+        label = self.item.name if not self.boxes else f"{self.item.name}-{len(self.boxes)}"
+        box = Box.from_spec(spec, host=self.settings.host, label=label)
+        self.boxes.append(box)
+        self.item.config.hook.pytest_nsbox_box_started(box=box)
+        return box
+
+    def close_all(self) -> None:
+        outcome = _outcome(self.item)
+        keep = self.settings.keep == "all" or (self.settings.keep == "failed"
+                                               and outcome == "failed")
+        errors = []
+        for box in reversed(self.boxes):
+            try:
+                self.item.config.hook.pytest_nsbox_box_finished(box=box, outcome=outcome)
+            finally:
+                try:
+                    box.close(keep=keep)
+                except Exception as exc:
+                    errors.append(exc)
+            if box.kept_at:
+                self.settings.kept.append((self.item.nodeid, box.kept_at))
+        if errors:
+            raise errors[0]
+
+
+@pytest.fixture
+def nsbox_factory(request: pytest.FixtureRequest) -> Iterator[BoxFactory]:
+    """Make boxes configured like the test's marker, with overrides; all die with the test."""
+    factory = BoxFactory(request.node)
+    yield factory
+    factory.close_all()
+
+
+@pytest.fixture
+def nsbox(nsbox_factory: BoxFactory) -> Box:
+    """A running box for this test, configured by its ``sandbox`` marker."""
+    return nsbox_factory()
+
+
+class Images:
+    """The session's view of the image store (``nsbox_images`` fixture)."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self.settings = settings
+
+    def get(self, ref: str) -> Any:
+        return self.settings.host.store.get(ref)
+
+
+@pytest.fixture(scope="session")
+def nsbox_images(pytestconfig: pytest.Config) -> Images:
+    """The image store shared by this session (and by every pytest process on the host)."""
+    return Images(pytestconfig.stash[_settings_key])
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    settings = config.stash.get(_settings_key, None)
+    if settings is None or not settings.kept:
+        return
+    terminalreporter.section("nsbox kept boxes")
+    for nodeid, path in settings.kept:
+        terminalreporter.write_line(f"{nodeid}: read-write layer kept at {path}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    settings = config.stash.get(_settings_key, None)
+    if settings is not None and settings._host is not None:
+        from .runtime import client
+
+        client.shutdown()

@@ -1,0 +1,148 @@
+"""The box's root filesystem as data: an overlay, an init layer, and an ordered mount list.
+
+Like bubblewrap's setup operations, the plan is a list of small steps (mount, bind, mknod,
+symlink) that the box's init runs in order; building it here keeps the init dumb and the
+layout testable without a kernel.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from ..images.image import Image
+from ..spec import Bind
+from ..syscalls import libc
+
+_NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+
+# (name, major, minor): the devices every OCI runtime provides.
+DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
+           ("urandom", 1, 9), ("tty", 5, 0))
+DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
+             ("ptmx", "pts/ptmx"))
+INIT_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
+@dataclass(frozen=True)
+class BoxDirs:
+    """A box's host-side directories under the run dir."""
+
+    base: str
+
+    @property
+    def upper(self) -> str:
+        return os.path.join(self.base, "upper")
+
+    @property
+    def work(self) -> str:
+        return os.path.join(self.base, "work")
+
+    @property
+    def init(self) -> str:
+        return os.path.join(self.base, "init")
+
+    @property
+    def root(self) -> str:
+        return os.path.join(self.base, "root")
+
+
+def overlay_options(lower_bottom_first: list[str], upper: str, work: str) -> str:
+    for path in [*lower_bottom_first, upper, work]:
+        if any(c in path for c in ",:\\\n"):
+            raise ValueError(f"overlay layer path {path!r} holds ',', ':' or '\\'")
+    lower = ":".join(reversed(lower_bottom_first))
+    return f"lowerdir={lower},upperdir={upper},workdir={work}"
+
+
+def host_binds(rootdir: str | None) -> list[Bind]:
+    """What a ``host`` image box sees of the running test: rootdir and Python, read-only."""
+    import sys
+
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, rootdir) if p}
+    paths = {p for p in paths if os.path.isdir(p) and p != "/"}
+    # A path inside another bound path is already visible.
+    keep = sorted(p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths))
+    return [Bind(source=p, target=p, readonly=True) for p in keep]
+
+
+def hosts_file(hostname: str, extra: list[tuple[str, str]] | None = None) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
+             f"127.0.1.1\t{hostname}"]
+    lines += [f"{ip}\t{name}" for ip, name in extra or []]
+    return "\n".join(lines) + "\n"
+
+
+def write_init_layer(dirs: BoxDirs, hostname: str, hosts: str, binds: list[Bind]) -> None:
+    """The never-committed layer: name files, and mount points the image may lack."""
+    init = dirs.init
+    os.makedirs(os.path.join(init, "etc"), 0o755)
+    try:
+        with open("/etc/resolv.conf", "rb") as f:
+            resolv = f.read()
+    except OSError:
+        resolv = b""
+    for rel, data in (("etc/hostname", (hostname + "\n").encode()), ("etc/hosts", hosts.encode()),
+                      ("etc/resolv.conf", resolv)):
+        with open(os.path.join(init, rel), "wb") as f:
+            f.write(data)
+    for d in ("proc", "dev", "sys"):
+        os.mkdir(os.path.join(init, d), 0o755)
+    for bind in binds:
+        target = os.path.join(init, bind.target.lstrip("/"))
+        if os.path.isdir(bind.source):
+            os.makedirs(target, 0o755, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(target), 0o755, exist_ok=True)
+            if not os.path.exists(target):
+                with open(target, "wb"):
+                    pass
+
+
+def mount_ops(binds: list[Bind]) -> list[dict[str, Any]]:
+    ops: list[dict[str, Any]] = [
+        {"op": "mount", "source": "proc", "target": "/proc", "fstype": "proc",
+         "flags": _NOSUID_NODEV_NOEXEC},
+        {"op": "mount", "source": "tmpfs", "target": "/dev", "fstype": "tmpfs",
+         "flags": libc.MS_NOSUID | libc.MS_STRICTATIME, "data": "mode=755,size=65536k"},
+    ]
+    for name, major, minor in DEVICES:
+        ops.append({"op": "mknod", "path": f"/dev/{name}", "mode": 0o20666,
+                    "major": major, "minor": minor})
+    for name, target in DEV_LINKS:
+        ops.append({"op": "symlink", "path": f"/dev/{name}", "target": target})
+    for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o755)):
+        ops.append({"op": "mkdir", "path": f"/dev/{name}", "mode": mode})
+    ops += [
+        {"op": "mount", "source": "devpts", "target": "/dev/pts", "fstype": "devpts",
+         "flags": libc.MS_NOSUID | libc.MS_NOEXEC,
+         "data": "newinstance,ptmxmode=0666,mode=0620"},
+        {"op": "mount", "source": "shm", "target": "/dev/shm", "fstype": "tmpfs",
+         "flags": _NOSUID_NODEV_NOEXEC, "data": "mode=1777,size=65536k"},
+        {"op": "mount", "source": "mqueue", "target": "/dev/mqueue", "fstype": "mqueue",
+         "flags": _NOSUID_NODEV_NOEXEC},
+        {"op": "mount", "source": "sysfs", "target": "/sys", "fstype": "sysfs",
+         "flags": _NOSUID_NODEV_NOEXEC | libc.MS_RDONLY},
+    ]
+    for bind in sorted(binds, key=lambda b: b.target.count("/")):
+        ops.append({"op": "bind", "source": bind.source, "target": bind.target,
+                    "readonly": bind.readonly})
+    return ops
+
+
+def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds: list[Bind],
+               cgroup_procs: list[str], network: str) -> dict[str, Any]:
+    namespaces = ["mnt", "uts", "ipc", "cgroup"]
+    if network != "host":
+        namespaces.append("net")
+    layers = [*image.layer_dirs, dirs.init]
+    return {
+        "id": box_id,
+        "hostname": hostname,
+        "namespaces": namespaces,
+        "cgroup_procs": cgroup_procs,
+        "root": dirs.root,
+        "overlay": overlay_options(layers, dirs.upper, dirs.work),
+        "ops": mount_ops(binds),
+    }

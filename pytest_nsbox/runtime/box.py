@@ -1,0 +1,347 @@
+"""``Box``: one running container, owned by the process that made it.
+
+Creation order (each step undone by ``close()`` if a later one fails): state dirs and init
+layer, cgroup with limits, the box's PID 1 forked by the zygote, wait for it to report the
+root built. Teardown: SIGKILL to PID 1 through a pidfd (the kernel then kills the whole PID
+namespace; the mount namespace and its overlay die with it), wait for it, remove the cgroup,
+delete the read-write layer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import secrets
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..cgroups.base import Limits, Stats
+from ..errors import BoxClosed, BoxError, CommandFailed, SpecError
+from ..images.image import Image
+from ..rootfs import diff as rootfs_diff
+from ..rootfs.plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
+from ..spec import BoxSpec
+from ..state import remove_tree
+from ..syscalls import libc
+from . import protocol
+from .client import zygote
+from .host import Host, check_host, default_host
+from .process import Process
+from .result import Change, RunResult
+
+START_TIMEOUT = 30.0
+KILL_TIMEOUT = 10.0
+
+
+class Box:
+    """A running box; see CONTRACT.md. Use as a context manager or call ``close()``."""
+
+    def __init__(self, image: str | None = None, *, name: str | None = None,
+                 host: Host | None = None, **keys: Any) -> None:
+        kwargs = dict(keys)
+        if image is not None:
+            kwargs["image"] = image
+        if name is not None:
+            kwargs["name"] = name
+        spec = BoxSpec.from_kwargs(kwargs, source="Box")
+        self._setup(spec, host or default_host())
+
+    @classmethod
+    def from_spec(cls, spec: BoxSpec, *, host: Host | None = None, label: str | None = None) -> Box:
+        """Start a box from an already validated spec (the fixtures' path)."""
+        box = cls.__new__(cls)
+        box._setup(spec, host or default_host(), label=label)
+        return box
+
+    # -- lifecycle -------------------------------------------------------------------
+    def _setup(self, spec: BoxSpec, host: Host, label: str | None = None) -> None:
+        check_host()
+        self.spec = spec
+        self.id = secrets.token_hex(6)
+        self.name = spec.name or f"box-{self.id}"
+        self.hostname = spec.hostname or spec.name or f"nsbox-{self.id}"
+        self.label = label or self.name
+        self.ip: str | None = None
+        self.pid = 0
+        self.history: list[RunResult] = []
+        self.final_stats: Stats | None = None
+        self.kept_at: str | None = None
+        self._host = host
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._processes: list[Process] = []
+        self._ctl: socket.socket | None = None
+        self._pidfd = -1
+        self._cgroup: Any = None
+        self.dirs = BoxDirs(os.path.join(host.dirs.boxes, self.id))
+        try:
+            self.image: Image = host.store.get(spec.image)
+            self._start()
+        except BaseException:
+            self._teardown(keep=False)
+            raise
+
+    def _start(self) -> None:
+        host = self._host
+        os.makedirs(host.dirs.boxes, 0o700, exist_ok=True)
+        os.mkdir(self.dirs.base, 0o700)
+        for d in (self.dirs.upper, self.dirs.work, self.dirs.root):
+            os.mkdir(d, 0o755)
+        binds = (host_binds(host.rootdir) if self.image.host_root else []) + list(self.spec.binds)
+        write_init_layer(self.dirs, self.hostname, hosts_file(self.hostname), binds)
+        limits = Limits(memory=self.spec.memory, cpus=self.spec.cpus, pids=self.spec.pids)
+        self._cgroup = host.cgroups.create(f"nsbox-{self.id}", limits)
+        self._write_owner()
+        plan = build_plan(box_id=self.id, hostname=self.hostname, image=self.image,
+                          dirs=self.dirs, binds=binds, cgroup_procs=self._cgroup.procs_files(),
+                          network=self.spec.network)
+        ours, theirs = protocol.socketpair()
+        self._ctl = ours
+        try:
+            self.pid, self._pidfd = zygote().create(plan, theirs)
+        finally:
+            theirs.close()
+        ready, _, _ = select.select([ours], [], [], START_TIMEOUT)
+        if not ready:
+            raise BoxError(f"box {self.name!r} did not come up within {START_TIMEOUT:.0f} s")
+        msg, _fds = protocol.recv(ours)
+        if msg is None or not msg.get("ready"):
+            why = msg.get("error") if msg else "its init died during setup"
+            raise BoxError(f"box {self.name!r} (image {self.spec.image!r}) failed to start: {why}")
+
+    def _write_owner(self) -> None:
+        """Who owns this box, for ``gc`` after a crash."""
+        record = {"id": self.id, "owner_pid": os.getpid(), "owner_start": _start_time(os.getpid()),
+                  "cgroup": f"nsbox-{self.id}", "name": self.name, "image": self.spec.image,
+                  "created": time.time()}
+        with open(os.path.join(self.dirs.base, "owner.json"), "w", encoding="utf-8") as f:
+            json.dump(record, f)
+
+    def close(self, keep: bool = False) -> None:
+        """Kill every process, remove the cgroup and the read-write layer. Idempotent."""
+        with self._close_lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._teardown(keep=keep)
+
+    def _teardown(self, keep: bool) -> None:
+        self._closed = True
+        errors: list[str] = []
+        if self._cgroup is not None:
+            try:
+                self.final_stats = self._cgroup.stats()
+            except Exception:  # stats are a courtesy for reports; teardown goes on
+                self.final_stats = None
+        if self._pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            if not poller.poll(KILL_TIMEOUT * 1000):
+                errors.append(f"its init (pid {self.pid}) survived SIGKILL for {KILL_TIMEOUT} s")
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self._ctl is not None:
+            self._ctl.close()
+        for proc in self._processes:
+            proc.detach()
+        if self._cgroup is not None:
+            try:
+                self._cgroup.destroy(timeout=KILL_TIMEOUT)
+            except Exception as exc:
+                errors.append(str(exc))
+        if os.path.isdir(self.dirs.base):
+            try:
+                if keep:
+                    self.kept_at = self._keep()
+                else:
+                    remove_tree(self.dirs.base)
+            except OSError as exc:
+                errors.append(f"cannot remove {self.dirs.base}: {exc}")
+        if errors:
+            raise BoxError(f"teardown of box {self.name!r} incomplete: " + "; ".join(errors))
+
+    def _keep(self) -> str:
+        dest = os.path.join(self._host.dirs.kept, f"{self.label}-{self.id}".replace("/", "_"))
+        os.makedirs(self._host.dirs.kept, 0o700, exist_ok=True)
+        remove_tree(self.dirs.work)
+        os.rename(self.dirs.base, dest)
+        return os.path.join(dest, "upper")
+
+    def __enter__(self) -> Box:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"pid={self.pid}"
+        return f"<Box {self.name!r} image={self.spec.image!r} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- commands --------------------------------------------------------------------
+    def run(self, cmd: list[str] | str, *, input: str | bytes | None = None,
+            timeout: float | None = None, check: bool = False,
+            env: Mapping[str, str] | None = None, cwd: str | None = None,
+            user: str | int | None = None) -> RunResult:
+        """Run ``cmd`` to completion; a string goes through ``/bin/sh -c``."""
+        proc = self._exec(cmd, input=input, env=env, cwd=cwd, user=user, background=False)
+        result = proc.wait(timeout if timeout is not None else self.spec.timeout)
+        if check and (result.returncode != 0 or result.timed_out):
+            raise CommandFailed(result)
+        return result
+
+    def spawn(self, cmd: list[str] | str, *, input: str | bytes | None = None,
+              env: Mapping[str, str] | None = None, cwd: str | None = None,
+              user: str | int | None = None) -> Process:
+        """Start ``cmd`` in the background; its output is collected until ``wait()``."""
+        return self._exec(cmd, input=input, env=env, cwd=cwd, user=user, background=True)
+
+    def _exec(self, cmd: list[str] | str, *, input: str | bytes | None,
+              env: Mapping[str, str] | None, cwd: str | None, user: str | int | None,
+              background: bool) -> Process:
+        if self._closed or self._ctl is None:
+            raise BoxClosed(f"box {self.name!r} is closed")
+        argv = _argv(cmd)
+        data = input.encode() if isinstance(input, str) else input
+        if data is not None and not isinstance(data, bytes):
+            raise SpecError("input", input, "not str or bytes", "'text'", source="run")
+        request = {"op": "exec", "argv": argv, "env": self._env(env),
+                   "cwd": _box_path(cwd, "cwd") if cwd is not None else self.image.workdir,
+                   "user": None if user is None else str(user)}
+        proc = Process(self, cmd, request, data, oom=self._cgroup.oom_kills,
+                       record=self.history.append)
+        self._processes.append(proc)
+        proc.start(self._ctl, background=background)
+        return proc
+
+    def _env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+               "HOSTNAME": self.hostname, "HOME": "/root"}
+        env.update(self.image.env)
+        env.update(self.spec.env)
+        for key, value in (extra or {}).items():
+            if not isinstance(key, str) or not key or "=" in key or "\0" in key:
+                raise SpecError("env", key, "not a variable name", "{'A': '1'}", source="run")
+            if not isinstance(value, str) or "\0" in value:
+                raise SpecError("env", {key: value}, "values must be str without NUL",
+                                "{'A': '1'}", source="run")
+            env[key] = value
+        return env
+
+    def kill_process(self, pid: int, sig: int = signal.SIGKILL) -> None:
+        if self._ctl is not None and not self._closed:
+            try:
+                protocol.send(self._ctl, {"op": "kill", "pid": pid, "signal": int(sig)})
+            except OSError:
+                pass
+
+    # -- files -----------------------------------------------------------------------
+    def _open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        if self._closed:
+            raise BoxClosed(f"box {self.name!r} is closed")
+        rel = _box_path(path, "path", self.image.workdir)
+        proc_dir = os.open(f"/proc/{self.pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            poller = select.poll()
+            poller.register(self._pidfd, select.POLLIN)
+            if poller.poll(0):
+                raise BoxClosed(f"box {self.name!r}: its init has exited")
+            root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_dir)
+        finally:
+            os.close(proc_dir)
+        try:
+            return libc.openat2(root, rel.lstrip("/") or ".", flags, mode)
+        finally:
+            os.close(root)
+
+    def read_bytes(self, path: str) -> bytes:
+        fd = self._open(path, os.O_RDONLY)
+        with os.fdopen(fd, "rb") as f:
+            return f.read()
+
+    def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        return self.read_bytes(path).decode(encoding, errors="replace")
+
+    def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise SpecError("data", type(data).__name__, "not bytes", "b'text'", source="write_bytes")
+        fd = self._open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+
+    def write_text(self, path: str, text: str, encoding: str = "utf-8", mode: int = 0o644) -> None:
+        if not isinstance(text, str):
+            raise SpecError("text", type(text).__name__, "not str", "'text'", source="write_text")
+        self.write_bytes(path, text.encode(encoding), mode)
+
+    def exists(self, path: str) -> bool:
+        try:
+            os.close(self._open(path, os.O_PATH))
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        return True
+
+    def listdir(self, path: str = "/") -> list[str]:
+        fd = self._open(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            return sorted(os.listdir(fd))
+        finally:
+            os.close(fd)
+
+    # -- inspection ------------------------------------------------------------------
+    def diff(self) -> list[Change]:
+        """What the box changed against its image, like ``docker diff``."""
+        if not os.path.isdir(self.dirs.upper):
+            raise BoxClosed(f"box {self.name!r} is closed; its read-write layer is gone")
+        return rootfs_diff.changes(self.dirs.upper, self.image.layer_dirs)
+
+    def stats(self) -> Stats:
+        if self._closed:
+            if self.final_stats is None:
+                raise BoxClosed(f"box {self.name!r} is closed")
+            return self.final_stats
+        return self._cgroup.stats()  # type: ignore[no-any-return]
+
+
+def _argv(cmd: list[str] | str) -> list[str]:
+    if isinstance(cmd, str):
+        argv = ["/bin/sh", "-c", cmd]
+    elif isinstance(cmd, (list, tuple)) and cmd and all(isinstance(a, str) for a in cmd):
+        argv = list(cmd)
+    else:
+        raise SpecError("cmd", cmd, "not a non-empty list of str or a shell string",
+                        "['ls', '-l'] or 'ls -l | wc -l'", source="run")
+    for arg in argv:
+        if "\0" in arg:
+            raise SpecError("cmd", cmd, "an argument holds a NUL byte", "['ls', '-l']",
+                            source="run")
+    return argv
+
+
+def _box_path(path: str, key: str, base: str = "/") -> str:
+    if isinstance(path, os.PathLike):
+        path = os.fspath(path)
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise SpecError(key, path, "not a path inside the box", "'/etc/hostname'", source="box")
+    return posixpath.normpath(posixpath.join(base, path))
+
+
+def _start_time(pid: int) -> int:
+    """The process's start time in clock ticks: with the PID it names a process uniquely."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            return int(f.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,88 @@
+"""What this process shares across boxes: state dirs, image store, cgroup backend.
+
+Also the one place that decides whether this host can run boxes at all; its answer is a
+``HostNotSupported`` whose message is one fix-it line (the plugin turns it into a skip).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+
+from ..errors import HostNotSupported
+from ..images.store import ImageStore
+from ..state import StateDirs
+
+
+def _has_overlay() -> bool:
+    try:
+        with open("/proc/filesystems", encoding="utf-8") as f:
+            if any(line.split()[-1] == "overlay" for line in f if line.strip()):
+                return True
+    except OSError:
+        return False
+    return os.path.isdir("/sys/module/overlay")
+
+
+def check_host() -> None:
+    """Raise HostNotSupported with a fix-it line when boxes cannot run here."""
+    if not sys.platform.startswith("linux"):
+        raise HostNotSupported(f"nsbox needs Linux (namespaces, cgroups, overlayfs); "
+                               f"this is {sys.platform}")
+    if os.geteuid() != 0:
+        raise HostNotSupported("nsbox needs root (rootless boxes are not supported yet); "
+                               "run pytest as root, e.g. in CI with sudo")
+    if not _has_overlay():
+        raise HostNotSupported("nsbox needs overlayfs, which this kernel lacks; "
+                               "load it with `modprobe overlay`")
+    if not os.path.exists("/proc/self/ns/pid"):
+        raise HostNotSupported("nsbox needs PID namespaces (CONFIG_PID_NS), which this "
+                               "kernel lacks")
+
+
+@dataclass
+class Host:
+    """Lazily built, per-process shared runtime objects."""
+
+    dirs: StateDirs
+    cgroup_parent: str | None = None
+    rootdir: str | None = None
+    _store: ImageStore | None = field(default=None, repr=False)
+    _cgroups: object | None = field(default=None, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def store(self) -> ImageStore:
+        with self._lock:
+            if self._store is None:
+                self._store = ImageStore(self.dirs)
+            return self._store
+
+    @property
+    def cgroups(self):  # type: ignore[no-untyped-def]
+        from ..cgroups import detect
+
+        with self._lock:
+            if self._cgroups is None:
+                self._cgroups = detect(parent=self.cgroup_parent)
+            return self._cgroups
+
+
+_default: Host | None = None
+_default_lock = threading.Lock()
+
+
+def default_host() -> Host:
+    """The ``Host`` that ``Box(...)`` uses when none is given (the plugin configures it)."""
+    global _default
+    with _default_lock:
+        if _default is None:
+            _default = Host(dirs=StateDirs.default())
+        return _default
+
+
+def configure(host: Host) -> None:
+    global _default
+    with _default_lock:
+        _default = host

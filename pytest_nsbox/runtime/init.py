@@ -1,0 +1,370 @@
+"""The box's PID 1: builds the root from a mount plan, then runs commands on request.
+
+It starts as a fork of the zygote and never imports anything after ``pivot_root`` (the box
+may hold no Python at all), so every module it needs is imported at the top. It imports
+nothing from pytest. Its life is tied to its owner: when the control socket reaches EOF
+(the pytest process closed the box or died), PID 1 exits and the kernel kills every other
+process of the PID namespace.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import traceback
+from typing import Any, NoReturn
+
+from ..syscalls import libc
+from . import protocol
+
+_NS_FLAGS = {
+    "mnt": libc.CLONE_NEWNS,
+    "uts": libc.CLONE_NEWUTS,
+    "ipc": libc.CLONE_NEWIPC,
+    "net": libc.CLONE_NEWNET,
+    "cgroup": libc.CLONE_NEWCGROUP,
+}
+
+_OOM_ADJUSTED = False
+
+# <linux/sockios.h>, <net/if.h>
+_SIOCGIFFLAGS = 0x8913
+_SIOCSIFFLAGS = 0x8914
+_IFF_UP = 0x1
+
+
+def boot(plan: dict[str, Any], ctl_fd: int) -> NoReturn:
+    """Entry point in the freshly forked child (PID 1 of its namespace)."""
+    code = 1
+    try:
+        ctl = socket.socket(fileno=ctl_fd)
+        try:
+            _setup(plan)
+        except BaseException as exc:  # reported whole to the owner, never swallowed
+            protocol.send(ctl, {"error": _describe(exc)})
+            os._exit(1)
+        protocol.send(ctl, {"ready": True})
+        _Init(ctl).serve()
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    os._exit(code)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return str(exc) if exc.filename is None else f"{exc.strerror}: {exc.filename}"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _setup(plan: dict[str, Any]) -> None:
+    libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
+    for procs in plan["cgroup_procs"]:
+        _write(procs, "0")
+    flags = 0
+    for name in plan["namespaces"]:
+        flags |= _NS_FLAGS[name]
+    libc.unshare(flags)
+    # Private before the first mount: nothing we mount may propagate to the host.
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    root = plan["root"]
+    libc.mount("nsbox", root, "overlay", 0, plan["overlay"])
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for op in plan["ops"]:
+            _OPS[op["op"]](rootfd, op)
+    finally:
+        os.close(rootfd)
+    os.chdir(root)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir("/")
+    if "uts" in plan["namespaces"]:
+        libc.sethostname(plan["hostname"])
+    if "net" in plan["namespaces"]:
+        _loopback_up()
+    # The command's processes, not PID 1, are what the OOM killer should pick. Lowering the
+    # score needs CAP_SYS_RESOURCE, which some hosts (and containers) withhold: best effort.
+    global _OOM_ADJUSTED
+    try:
+        _write("/proc/self/oom_score_adj", "-999")
+        _OOM_ADJUSTED = True
+    except PermissionError:
+        pass
+
+
+def _write(path: str, data: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, data.encode())
+    except OSError as exc:
+        raise OSError(exc.errno, f"writing {data!r} to {path} failed: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def _open_in_root(rootfd: int, path: str, flags: int = os.O_PATH) -> int:
+    """Open a path of the box relative to its root: a link in the image cannot lead out."""
+    return libc.openat2(rootfd, path.lstrip("/") or ".", flags)
+
+
+def _fdpath(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _op_mount(rootfd: int, op: dict[str, Any]) -> None:
+    fd = _open_in_root(rootfd, op["target"], os.O_PATH | os.O_DIRECTORY)
+    try:
+        libc.mount(op["source"], _fdpath(fd), op["fstype"], op.get("flags", 0), op.get("data"))
+    finally:
+        os.close(fd)
+
+
+def _op_bind(rootfd: int, op: dict[str, Any]) -> None:
+    src = os.open(op["source"], os.O_PATH | os.O_CLOEXEC)
+    try:
+        fd = _open_in_root(rootfd, op["target"])
+        try:
+            libc.mount(_fdpath(src), _fdpath(fd), None, libc.MS_BIND | libc.MS_REC)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(src)
+    if op.get("readonly"):
+        _op_remount(rootfd, {"target": op["target"], "flags": libc.MS_RDONLY})
+
+
+def _op_remount(rootfd: int, op: dict[str, Any]) -> None:
+    # Reopen: the fd must name the new mount's root, not the dentry under it.
+    fd = _open_in_root(rootfd, op["target"])
+    try:
+        flags = libc.MS_REMOUNT | libc.MS_BIND | op["flags"]
+        try:
+            libc.mount(None, _fdpath(fd), None, flags)
+        except PermissionError:
+            # A mount with locked nosuid/nodev/noexec keeps them.
+            flags |= libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+            libc.mount(None, _fdpath(fd), None, flags)
+    finally:
+        os.close(fd)
+
+
+def _split(path: str) -> tuple[str, str]:
+    parent, _, name = path.rstrip("/").rpartition("/")
+    return parent or "/", name
+
+
+def _op_mknod(rootfd: int, op: dict[str, Any]) -> None:
+    parent, name = _split(op["path"])
+    dfd = _open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        os.mknod(name, op["mode"], os.makedev(op["major"], op["minor"]), dir_fd=dfd)
+        os.chmod(f"{_fdpath(dfd)}/{name}", op["mode"] & 0o7777)
+    finally:
+        os.close(dfd)
+
+
+def _op_symlink(rootfd: int, op: dict[str, Any]) -> None:
+    parent, name = _split(op["path"])
+    dfd = _open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        os.symlink(op["target"], name, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def _op_mkdir(rootfd: int, op: dict[str, Any]) -> None:
+    parent, name = _split(op["path"])
+    dfd = _open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        os.mkdir(name, op.get("mode", 0o755), dir_fd=dfd)
+    except FileExistsError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+_OPS = {
+    "mount": _op_mount,
+    "bind": _op_bind,
+    "remount": _op_remount,
+    "mknod": _op_mknod,
+    "symlink": _op_symlink,
+    "mkdir": _op_mkdir,
+}
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        req = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]
+        fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
+
+
+class _Init:
+    """The serving loop: exec requests in, exit statuses out, orphans reaped."""
+
+    def __init__(self, ctl: socket.socket) -> None:
+        self.ctl = ctl
+        self.children: dict[int, socket.socket] = {}
+        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.signal(signal.SIGCHLD, _noop)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+
+    def serve(self) -> None:
+        while True:
+            ready, _, _ = select.select([self.ctl, self.wake_r], [], [])
+            if self.wake_r in ready:
+                try:
+                    os.read(self.wake_r, 4096)
+                except BlockingIOError:
+                    pass
+                self.reap()
+            if self.ctl in ready:
+                msg, fds = protocol.recv(self.ctl)
+                if msg is None:
+                    return
+                self.handle(msg, fds)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            sock = self.children.pop(pid, None)
+            if sock is not None:
+                try:
+                    protocol.send(sock, {"exit": status})
+                except OSError:
+                    pass
+                sock.close()
+
+    def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
+        op = msg.get("op")
+        if op == "exec" and len(fds) == 4:
+            self.exec(msg, fds)
+        elif op == "kill":
+            pid, sig = int(msg["pid"]), int(msg["signal"])
+            if pid in self.children:
+                for kill, target in ((os.killpg, pid), (os.kill, pid)):
+                    try:
+                        kill(target, sig)
+                    except OSError:
+                        continue
+        else:
+            for fd in fds:
+                os.close(fd)
+
+    def exec(self, msg: dict[str, Any], fds: list[int]) -> None:
+        stdin, stdout, stderr, status_fd = fds
+        status = socket.socket(fileno=status_fd)
+        try:
+            pid = os.fork()
+        except OSError as exc:  # pids limit reached, for one
+            protocol.send(status, {"exec_error": f"cannot fork: {exc.strerror}",
+                                   "errno": exc.errno})
+            status.close()
+            for fd in (stdin, stdout, stderr):
+                os.close(fd)
+            return
+        if pid == 0:
+            _child(msg, stdin, stdout, stderr, status)
+        for fd in (stdin, stdout, stderr):
+            os.close(fd)
+        self.children[pid] = status
+        protocol.send(status, {"pid": pid})
+
+
+def _noop(signum: int, frame: object) -> None:
+    """SIGCHLD only wakes the loop through the wakeup fd."""
+
+
+def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
+           status: socket.socket) -> NoReturn:
+    try:
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
+                    signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])
+        os.setsid()
+        for target, fd in ((0, stdin), (1, stdout), (2, stderr)):
+            os.dup2(fd, target, inheritable=True)
+        keep = status.fileno()
+        os.closerange(3, keep)
+        os.closerange(keep + 1, 1 << 20)
+        if _OOM_ADJUSTED:
+            _write("/proc/self/oom_score_adj", "0")
+        os.chdir(msg.get("cwd") or "/")
+        uid, gid, groups = _resolve_user(msg.get("user"))
+        if gid is not None:
+            os.setgroups(groups)
+            os.setgid(gid)
+        if uid is not None:
+            os.setuid(uid)
+        argv = msg["argv"]
+        os.execvpe(argv[0], argv, msg["env"])
+    except BaseException as exc:
+        code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
+        try:
+            protocol.send(status, {"exec_error": _describe(exc), "errno": code})
+        finally:
+            os._exit(127)
+    os._exit(127)
+
+
+def _entries(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line.rstrip("\n").split(":") for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def _resolve_user(user: str | None) -> tuple[int | None, int | None, list[int]]:
+    """``"name"``, ``"uid"``, ``"uid:gid"`` or ``"name:group"``, looked up in the box's files."""
+    if user is None or user == "":
+        return None, None, []
+    name, _, group = str(user).partition(":")
+    passwd = _entries("/etc/passwd")
+    uid: int | None = None
+    gid: int | None = None
+    if name.isdigit():
+        uid = int(name)
+        for entry in passwd:
+            if len(entry) > 3 and entry[2] == name and entry[3].isdigit():
+                gid = int(entry[3])
+                break
+    else:
+        for entry in passwd:
+            if len(entry) > 3 and entry[0] == name:
+                uid, gid = int(entry[2]), int(entry[3])
+                break
+        else:
+            raise LookupError(f"user {name!r} is not in the box's /etc/passwd")
+    groups = _entries("/etc/group")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            match = [e for e in groups if len(e) > 2 and e[0] == group]
+            if not match:
+                raise LookupError(f"group {group!r} is not in the box's /etc/group")
+            gid = int(match[0][2])
+    if gid is None:
+        gid = uid
+    extra = sorted({int(e[2]) for e in groups
+                    if len(e) > 3 and e[2].isdigit() and name in e[3].split(",")} | {gid})
+    return uid, gid, extra
+
+
+if __name__ == "__main__":  # pragma: no cover - only ever forked, never run
+    sys.exit("pytest_nsbox.runtime.init runs inside a box; it is not a program")

@@ -1,0 +1,95 @@
+"""Where pytest-nsbox keeps things on the host, and the one safe way to delete them.
+
+Two roots: the *store* (persistent layers and images, default ``/var/lib/nsbox``) and the
+*run* directory (boxes' read-write and init layers, on tmpfs when the host has one:
+``/dev/shm/nsbox``). Both carry ``nsbox`` in their names so leftovers are easy to find.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+
+DEFAULT_STORE = "/var/lib/nsbox"
+
+
+def _tmpfs(path: str) -> bool:
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as f:
+            for line in f:
+                fields = line.split()
+                sep = fields.index("-")
+                if fields[4] == path and fields[sep + 1] == "tmpfs":
+                    return True
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def default_run_dir() -> str:
+    """Upper layers on tmpfs: mounting and deleting them costs a third of ext4's."""
+    return "/dev/shm/nsbox" if _tmpfs("/dev/shm") else "/run/nsbox"
+
+
+@dataclass(frozen=True)
+class StateDirs:
+    store: str
+    run: str
+
+    @classmethod
+    def default(cls, store: str | None = None, run: str | None = None) -> StateDirs:
+        return cls(store=os.path.abspath(store or os.environ.get("NSBOX_STORE") or DEFAULT_STORE),
+                   run=os.path.abspath(run or os.environ.get("NSBOX_RUN") or default_run_dir()))
+
+    @property
+    def locks(self) -> str:
+        return os.path.join(self.store, "locks")
+
+    @property
+    def boxes(self) -> str:
+        return os.path.join(self.run, "boxes")
+
+    @property
+    def kept(self) -> str:
+        return os.path.join(self.run, "kept")
+
+
+def remove_tree(path: str) -> None:
+    """``rm -rf path`` that never leaves the filesystem ``path`` is on.
+
+    A bind mount forgotten inside a box directory must never turn teardown into deleting
+    host files, so every directory is entered by fd with O_NOFOLLOW and skipped when its
+    ``st_dev`` differs from the top's.
+    """
+    try:
+        top = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(top.st_mode):
+        os.unlink(path)
+        return
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        _clear(fd, top.st_dev)
+    finally:
+        os.close(fd)
+    os.rmdir(path)
+
+
+def _clear(dirfd: int, dev: int) -> None:
+    for entry in os.scandir(dirfd):
+        st = entry.stat(follow_symlinks=False)
+        if stat.S_ISDIR(st.st_mode):
+            if st.st_dev != dev:
+                raise OSError(16, f"refusing to delete across a mount point: {entry.name}")
+            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          dir_fd=dirfd)
+            try:
+                if os.fstat(sub).st_dev != dev:
+                    raise OSError(16, f"refusing to delete across a mount point: {entry.name}")
+                _clear(sub, dev)
+            finally:
+                os.close(sub)
+            os.rmdir(entry.name, dir_fd=dirfd)
+        else:
+            os.unlink(entry.name, dir_fd=dirfd)
