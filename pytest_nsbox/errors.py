@@ -30,7 +30,16 @@ class SpecError(NsboxError, ValueError):
         self.example = example
         self.source = source
         hint = f"; use e.g. {example}" if example else ""
-        super().__init__(f"{source}({key}={value!r}): {problem}{hint}")
+        super().__init__(f"{source}({key}={_short_repr(value)}): {problem}{hint}")
+
+
+def _short_repr(value: object, limit: int = 400) -> str:
+    """repr() that stays one readable line, whatever a fuzzer or a typo passes in."""
+    try:
+        text = repr(value)
+    except Exception:  # e.g. an int too long to print
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[:limit - 5] + "...)"
 
 
 class HostNotSupported(NsboxError):

@@ -115,6 +115,7 @@ def main(argv: list[str]) -> None:
     # No PR_SET_PDEATHSIG here: it fires when the *thread* that spawned us exits, and the
     # owner may spawn us from any thread. EOF on the control socket is the owner's death.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    libc.set_comm("nsbox-init")
     Zygote(ctl).serve()
 
 

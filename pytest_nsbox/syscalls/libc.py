@@ -42,6 +42,7 @@ UMOUNT_NOFOLLOW = 8
 # <linux/prctl.h>
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
+PR_SET_NAME = 15
 PR_CAPBSET_DROP = 24
 PR_SET_CHILD_SUBREAPER = 36
 PR_SET_NO_NEW_PRIVS = 38
@@ -125,6 +126,12 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
     if res < 0:
         _raise(f"prctl({option}, {arg2})")
     return int(res)
+
+
+def set_comm(name: str) -> None:
+    """The thread's name (``comm``, 15 bytes) that ``ps`` and ``top`` show."""
+    buf = ctypes.create_string_buffer(name.encode()[:15])
+    prctl(PR_SET_NAME, ctypes.addressof(buf))
 
 
 def pivot_root(new_root: str, put_old: str) -> None:

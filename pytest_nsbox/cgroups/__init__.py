@@ -1,0 +1,137 @@
+"""Box cgroups: one interface (``Backend``/``Cgroup``), a v1 and a v2 implementation.
+
+``detect()`` reads the mount table and picks the backend: pure cgroup v2 when
+``/sys/fs/cgroup`` itself is cgroup2, else the v1 hierarchies (hybrid hosts whose unified
+mount holds none of our controllers are v1). Imported at pytest startup: stdlib only.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+
+from ..errors import HostNotSupported
+from .base import PREFIX, Backend, Cgroup, Limits, Stats, read_optional
+from .v1 import V1Backend, V1Cgroup
+from .v2 import V2Backend, V2Cgroup
+
+__all__ = [
+    "PREFIX",
+    "Backend",
+    "Cgroup",
+    "Limits",
+    "Mount",
+    "Stats",
+    "V1Backend",
+    "V1Cgroup",
+    "V2Backend",
+    "V2Cgroup",
+    "box_cgroup_name",
+    "detect",
+    "parse_mountinfo",
+]
+
+#: Controllers that can appear in a v1 mount's super options (the rest are mount options).
+V1_CONTROLLERS = frozenset({
+    "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
+    "perf_event", "hugetlb", "pids", "rdma", "misc",
+})
+#: The controllers that enforce box limits, on either version.
+_LIMITING = frozenset({"memory", "cpu", "pids"})
+
+FIX_NO_CGROUPFS = (
+    "cgroups: no cgroup filesystem is mounted (none in {mountinfo}); mount cgroup2 "
+    "(`mount -t cgroup2 none /sys/fs/cgroup`) or give the container a /sys/fs/cgroup"
+)
+FIX_NO_CONTROLLERS = (
+    "cgroups: no cgroup hierarchy here has the memory, cpu or pids controller "
+    "(v1 mounts: {v1}; cgroup2 at {v2} has: '{v2c}'); boot with cgroup v2 "
+    "(systemd.unified_cgroup_hierarchy=1) or mount the v1 controllers"
+)
+
+
+def box_cgroup_name(box_id: str) -> str:
+    """The cgroup directory name of a box: ``nsbox-<id>``."""
+    return PREFIX + box_id
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One cgroup line of mountinfo."""
+
+    point: str
+    fstype: str
+    options: tuple[str, ...]
+    """Super options: for cgroup v1 they name the controllers."""
+
+    @property
+    def controllers(self) -> list[str]:
+        return [o for o in self.options if o in V1_CONTROLLERS]
+
+
+def _unescape(field: str) -> str:
+    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """The ``cgroup`` and ``cgroup2`` mounts in a mountinfo text (proc(5) format)."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split()
+        try:
+            sep = fields.index("-", 6)
+            fstype, options = fields[sep + 1], fields[sep + 3]
+            point = _unescape(fields[4])
+        except (ValueError, IndexError):
+            continue
+        if fstype in ("cgroup", "cgroup2"):
+            mounts.append(Mount(point, fstype, tuple(options.split(","))))
+    return mounts
+
+
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def detect(root: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo",
+           parent: str | None = None) -> Backend:
+    """The backend for this host; ``HostNotSupported`` with a fix-it line if none is usable.
+
+    ``parent`` is where box cgroups go, relative to each hierarchy's root.
+    """
+    root = os.path.normpath(root)
+    try:
+        with open(mountinfo, encoding="utf-8", errors="replace") as f:
+            mounts = parse_mountinfo(f.read())
+    except OSError as exc:
+        raise HostNotSupported(f"cgroups: cannot read {mountinfo}: {exc.strerror}; "
+                               "mount /proc (pytest-nsbox needs Linux)") from exc
+    if not mounts:
+        raise HostNotSupported(FIX_NO_CGROUPFS.format(mountinfo=mountinfo))
+
+    # Prefer mounts under root (a host may also have bind mounts elsewhere).
+    mounts.sort(key=lambda m: not _under(m.point, root))
+    unified = [m for m in mounts if m.fstype == "cgroup2"]
+    if any(m.point == root for m in unified):
+        # Pure v2: even without delegated controllers, grouping and kill still work;
+        # available_limits() then says which limits are missing.
+        return V2Backend(root, parent)
+
+    v1_mounts: dict[str, str] = {}
+    for m in mounts:
+        if m.fstype == "cgroup":
+            for c in m.controllers:
+                v1_mounts.setdefault(c, m.point)
+    v2_point = unified[0].point if unified else None
+    v2_controllers = (read_optional(os.path.join(v2_point, "cgroup.controllers")) or ""
+                      if v2_point else "").split()
+    v1_useful = _LIMITING & set(v1_mounts)
+    v2_useful = _LIMITING & set(v2_controllers)
+    if v1_useful and len(v1_useful) >= len(v2_useful):
+        return V1Backend(v1_mounts, parent)
+    if v2_point and v2_useful:
+        return V2Backend(v2_point, parent)
+    raise HostNotSupported(FIX_NO_CONTROLLERS.format(
+        v1=", ".join(sorted(v1_mounts)) or "none", v2=v2_point or "nowhere",
+        v2c=" ".join(v2_controllers)))

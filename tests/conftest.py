@@ -1,0 +1,34 @@
+"""Suite-wide checks: nothing a box creates may outlive the suite."""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from leaks import Snapshot, nsbox_cgroups, nsbox_mounts  # noqa: E402
+
+pytest_plugins = ["pytester"]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leaks_around_the_suite() -> Iterator[None]:
+    before = Snapshot.take()
+    yield
+    from pytest_nsbox.runtime import client
+
+    client.shutdown()  # the zygote is ours; it may go now
+    after = Snapshot.take()
+    assert nsbox_cgroups() == [], "nsbox cgroups left behind"
+    assert nsbox_mounts() == [], "nsbox mounts left in the host's mount table"
+    assert after == before, f"leaks around the suite: before {before}, after {after}"
+
+
+@pytest.fixture
+def run_dir() -> str:
+    from pytest_nsbox.runtime.host import default_host
+
+    return default_host().dirs.boxes
