@@ -6,9 +6,12 @@ Two roots: the *store* (persistent layers and images, default ``/var/lib/nsbox``
 """
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from dataclasses import dataclass
+
+from .syscalls import libc
 
 DEFAULT_STORE = "/var/lib/nsbox"
 
@@ -58,8 +61,9 @@ def remove_tree(path: str) -> None:
     """``rm -rf path`` that never leaves the filesystem ``path`` is on.
 
     A bind mount forgotten inside a box directory must never turn teardown into deleting
-    host files, so every directory is entered by fd with O_NOFOLLOW and skipped when its
-    ``st_dev`` differs from the top's.
+    host files, so every directory is entered by fd with ``openat2(RESOLVE_NO_XDEV)``, which
+    refuses to cross any mount point (a bind of the same filesystem too, where ``st_dev``
+    alone would not tell), and nothing below a mount point is touched.
     """
     try:
         top = os.lstat(path)
@@ -80,13 +84,19 @@ def _clear(dirfd: int, dev: int) -> None:
     for entry in os.scandir(dirfd):
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
-            if st.st_dev != dev:
-                raise OSError(16, f"refusing to delete across a mount point: {entry.name}")
-            sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                          dir_fd=dirfd)
+            try:
+                sub = libc.openat2(dirfd, entry.name,
+                                   os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
+                                   resolve=libc.RESOLVE_NO_XDEV | libc.RESOLVE_BENEATH)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                raise OSError(errno.EBUSY, "refusing to delete across a mount point",
+                              entry.name) from None
             try:
                 if os.fstat(sub).st_dev != dev:
-                    raise OSError(16, f"refusing to delete across a mount point: {entry.name}")
+                    raise OSError(errno.EBUSY, "refusing to delete across a mount point",
+                                  entry.name)
                 _clear(sub, dev)
             finally:
                 os.close(sub)

@@ -54,20 +54,17 @@ def _is_static_elf(path: str) -> bool:
     try:
         with open(path, "rb") as f:
             head = f.read(64)
-            if head[:4] != b"\x7fELF" or head[4] != 2:
+            if len(head) < 64 or head[:4] != b"\x7fELF" or head[4] != 2:
                 return False
             endian = "<" if head[5] == 1 else ">"
             phoff, = struct.unpack_from(endian + "Q", head, 32)
             phentsize, phnum = struct.unpack_from(endian + "HH", head, 54)
             f.seek(phoff)
             table = f.read(phentsize * phnum)
-    except OSError:
+        types = [struct.unpack_from(endian + "I", table, i * phentsize)[0] for i in range(phnum)]
+    except (OSError, struct.error):  # unreadable or truncated: not something we can run
         return False
-    for i in range(phnum):
-        ptype, = struct.unpack_from(endian + "I", table, i * phentsize)
-        if ptype == 3:  # PT_INTERP
-            return False
-    return True
+    return bool(types) and 3 not in types  # 3 = PT_INTERP
 
 
 def busybox_key(busybox: str) -> str:

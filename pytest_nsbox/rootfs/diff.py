@@ -44,8 +44,8 @@ class _Lower:
                 return found
         return False
 
-    @staticmethod
-    def _in_layer(layer: str, parts: list[str]) -> bool | None:
+    @classmethod
+    def _in_layer(cls, layer: str, parts: list[str]) -> bool | None:
         """True/False when this layer decides; None to look further down."""
         path = layer
         for i, part in enumerate(parts):
@@ -56,15 +56,17 @@ class _Lower:
                 return None
             if is_whiteout(st):
                 return False
-            last = i == len(parts) - 1
-            if last:
+            if i == len(parts) - 1:
                 return True
             if not stat.S_ISDIR(st.st_mode):
                 return False
             if is_opaque(path):
                 # Nothing below this directory shows through from deeper layers.
-                return os.path.lexists(os.path.join(path, *parts[i + 1:])) or False
+                return cls._in_layer(path, parts[i + 1:]) or False
         return None
+
+
+_INIT_LAYER_DIRS = frozenset(os.path.dirname(p) for p in INIT_LAYER_FILES)
 
 
 def changes(upper: str, layers_bottom_first: tuple[str, ...] | list[str]) -> list[Change]:
@@ -90,7 +92,8 @@ def changes(upper: str, layers_bottom_first: tuple[str, ...] | list[str]) -> lis
             if stat.S_ISDIR(st.st_mode):
                 opaque = is_opaque(entry.path)
                 below = walk(entry.path, path, added)
-                if added:
+                if added and not (path in _INIT_LAYER_DIRS and not below):
+                    # (a directory copied up only for the init layer's files is no change)
                     found[path] = "A"
                     any_change = True
                 elif below or opaque:

@@ -305,7 +305,8 @@ class Box:
         """What the box changed against its image, like ``docker diff``."""
         if not os.path.isdir(self.dirs.upper):
             raise BoxClosed(f"box {self.name!r} is closed; its read-write layer is gone")
-        return rootfs_diff.changes(self.dirs.upper, self.image.layer_dirs)
+        # The init layer is part of what the box started from, not a change it made.
+        return rootfs_diff.changes(self.dirs.upper, [*self.image.layer_dirs, self.dirs.init])
 
     def stats(self) -> Stats:
         if self._closed:

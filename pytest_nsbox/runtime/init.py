@@ -59,6 +59,8 @@ def boot(plan: dict[str, Any], ctl_fd: int) -> NoReturn:
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.strerror:
         return str(exc) if exc.filename is None else f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, LookupError) and exc.args:
+        return str(exc.args[0])
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -224,10 +224,10 @@ class Process:
         status = self._status if self._status is not None else -1
         stderr = b"".join(self._err)
         if self._exec_error is not None:
-            returncode = 127 if self._exec_errno in (errno.ENOENT, errno.ENOTDIR) else 126
+            # As a shell reports it: 127 not found, 126 found but could not run.
+            code = 127 if self._exec_errno in (errno.ENOENT, errno.ENOTDIR) else 126
             stderr += f"{STDERR_EXEC_PREFIX}{self._exec_error}\n".encode()
-            if status == -1:
-                status = returncode << 8
+            status = code << 8
         if status == -1:
             returncode = -int(signal.SIGKILL)
         elif os.WIFSIGNALED(status):

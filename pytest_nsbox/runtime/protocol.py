@@ -31,7 +31,9 @@ def send(sock: socket.socket, msg: dict[str, Any], fds: list[int] | tuple[int, .
 def recv(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     """One message and its fds; ``(None, [])`` at EOF (the peer is gone)."""
     fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(MAX_FDS * fds.itemsize))
+    # CLOEXEC on arrival: a received fd must never leak into a command the box execs.
+    data, ancdata, _flags, _addr = sock.recvmsg(MAX_MESSAGE, socket.CMSG_LEN(MAX_FDS * fds.itemsize),
+                                                socket.MSG_CMSG_CLOEXEC)
     for level, kind, cdata in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             usable = len(cdata) - (len(cdata) % fds.itemsize)
