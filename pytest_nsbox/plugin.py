@@ -224,7 +224,7 @@ class BoxFactory:
         except SpecError as exc:
             pytest.fail(f"{self.item.nodeid}: after pytest_nsbox_box_spec: {exc}", pytrace=False)
         label = self.item.name if not self.boxes else f"{self.item.name}-{len(self.boxes)}"
-        box = Box.from_spec(spec, host=self.settings.host, label=label)
+        box = Box.from_spec(spec, host=self.settings.host, label=label, group=self.item.nodeid)
         self.boxes.append(box)
         self.item.config.hook.pytest_nsbox_box_started(box=box)
         return box
@@ -293,3 +293,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         from .runtime import client
 
         client.shutdown()
+        settings._host.release_owner_lock()

@@ -17,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..cgroups.base import Limits, Stats
@@ -42,24 +42,30 @@ class Box:
     """A running box; see CONTRACT.md. Use as a context manager or call ``close()``."""
 
     def __init__(self, image: str | None = None, *, name: str | None = None,
-                 host: Host | None = None, **keys: Any) -> None:
+                 host: Host | None = None, group: object = None, **keys: Any) -> None:
         kwargs = dict(keys)
         if image is not None:
             kwargs["image"] = image
         if name is not None:
             kwargs["name"] = name
         spec = BoxSpec.from_kwargs(kwargs, source="Box")
-        self._setup(spec, host or default_host())
+        self._setup(spec, host or default_host(), group=group)
 
     @classmethod
-    def from_spec(cls, spec: BoxSpec, *, host: Host | None = None, label: str | None = None) -> Box:
-        """Start a box from an already validated spec (the fixtures' path)."""
+    def from_spec(cls, spec: BoxSpec, *, host: Host | None = None, label: str | None = None,
+                  group: object = None) -> Box:
+        """Start a box from an already validated spec (the fixtures' path).
+
+        ``group`` names the boxes that share one ``network="private"`` network (the plugin
+        passes the test's node id); ``None`` is this process's default group.
+        """
         box = cls.__new__(cls)
-        box._setup(spec, host or default_host(), label=label)
+        box._setup(spec, host or default_host(), label=label, group=group)
         return box
 
     # -- lifecycle -------------------------------------------------------------------
-    def _setup(self, spec: BoxSpec, host: Host, label: str | None = None) -> None:
+    def _setup(self, spec: BoxSpec, host: Host, label: str | None = None,
+               group: object = None) -> None:
         check_host()
         self.spec = spec
         self.id = secrets.token_hex(6)
@@ -78,6 +84,10 @@ class Box:
         self._ctl: socket.socket | None = None
         self._pidfd = -1
         self._cgroup: Any = None
+        self.group = group
+        # Undo steps that belong to optional features (network attachment, forwards), run
+        # last-in first-out before the box's processes are killed.
+        self._cleanups: list[Callable[[], None]] = []
         self.dirs = BoxDirs(os.path.join(host.dirs.boxes, self.id))
         try:
             self.image: Image = host.store.get(spec.image)
@@ -113,10 +123,19 @@ class Box:
         if msg is None or not msg.get("ready"):
             why = msg.get("error") if msg else "its init died during setup"
             raise BoxError(f"box {self.name!r} (image {self.spec.image!r}) failed to start: {why}")
+        self._attach_network()
+
+    def _attach_network(self) -> None:
+        """Join the group's private network; ``none`` and ``host`` need nothing more."""
+        if self.spec.network != "private":
+            return
+        raise BoxError(f"box {self.name!r}: network='private' is not available yet; "
+                       f"use network='none' or 'host'")
 
     def _write_owner(self) -> None:
         """Who owns this box, for ``gc`` after a crash."""
         record = {"id": self.id, "owner_pid": os.getpid(), "owner_start": _start_time(os.getpid()),
+                  "owner_lock": self._host.owner_lock(),
                   "cgroup": f"nsbox-{self.id}", "name": self.name, "image": self.spec.image,
                   "created": time.time()}
         with open(os.path.join(self.dirs.base, "owner.json"), "w", encoding="utf-8") as f:
@@ -133,6 +152,11 @@ class Box:
     def _teardown(self, keep: bool) -> None:
         self._closed = True
         errors: list[str] = []
+        while self._cleanups:
+            try:
+                self._cleanups.pop()()
+            except Exception as exc:
+                errors.append(str(exc))
         if self._cgroup is not None:
             try:
                 self.final_stats = self._cgroup.stats()

@@ -5,7 +5,9 @@ Also the one place that decides whether this host can run boxes at all; its answ
 """
 from __future__ import annotations
 
+import fcntl
 import os
+import secrets
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -51,6 +53,36 @@ class Host:
     _store: ImageStore | None = field(default=None, repr=False)
     _cgroups: object | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _owner_fd: int = field(default=-1, repr=False)
+    _owner_path: str = field(default="", repr=False)
+    _owner_pid: int = field(default=0, repr=False)
+
+    def owner_lock(self) -> str:
+        """A file this process holds an exclusive flock on for as long as it lives.
+
+        Each box records it: whoever can take the lock knows the box's owner is dead (its
+        kernel-held lock died with it), which is what ``gc`` asks.
+        """
+        with self._lock:
+            if self._owner_fd < 0 or self._owner_pid != os.getpid():
+                owners = os.path.join(self.dirs.run, "owners")
+                os.makedirs(owners, 0o700, exist_ok=True)
+                path = os.path.join(owners, f"{os.getpid()}-{secrets.token_hex(4)}.lock")
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._owner_fd, self._owner_path, self._owner_pid = fd, path, os.getpid()
+            return self._owner_path
+
+    def release_owner_lock(self) -> None:
+        """At a clean exit: the lock file goes (its boxes are closed by then)."""
+        with self._lock:
+            if self._owner_fd >= 0 and self._owner_pid == os.getpid():
+                try:
+                    os.unlink(self._owner_path)
+                except FileNotFoundError:
+                    pass
+                os.close(self._owner_fd)
+            self._owner_fd = -1
 
     @property
     def store(self) -> ImageStore:
