@@ -23,6 +23,12 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
              ("ptmx", "pts/ptmx"))
 INIT_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+# Docker's defaults (moby oci/defaults.go): hidden, and read-only, parts of /proc and /sys.
+MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
+                "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",
+                "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+                "/sys/devices/virtual/powercap")
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def write_init_layer(dirs: BoxDirs, hostname: str, hosts: str, binds: list[Bind]
                     pass
 
 
-def mount_ops(binds: list[Bind]) -> list[dict[str, Any]]:
+def mount_ops(binds: list[Bind], privileged: bool = False) -> list[dict[str, Any]]:
     ops: list[dict[str, Any]] = [
         {"op": "mount", "source": "proc", "target": "/proc", "fstype": "proc",
          "flags": _NOSUID_NODEV_NOEXEC},
@@ -123,8 +129,13 @@ def mount_ops(binds: list[Bind]) -> list[dict[str, Any]]:
         {"op": "mount", "source": "mqueue", "target": "/dev/mqueue", "fstype": "mqueue",
          "flags": _NOSUID_NODEV_NOEXEC},
         {"op": "mount", "source": "sysfs", "target": "/sys", "fstype": "sysfs",
-         "flags": _NOSUID_NODEV_NOEXEC | libc.MS_RDONLY},
+         "flags": _NOSUID_NODEV_NOEXEC | (0 if privileged else libc.MS_RDONLY)},
     ]
+    if not privileged:
+        # Device nodes the box makes are inert: the root is nodev and /dev read-only.
+        ops.append({"op": "remount", "target": "/dev", "flags": libc.MS_RDONLY | libc.MS_NOSUID})
+        ops += [{"op": "mask", "target": p} for p in MASKED_PATHS]
+        ops += [{"op": "readonly", "target": p} for p in READONLY_PATHS]
     for bind in sorted(binds, key=lambda b: b.target.count("/")):
         ops.append({"op": "bind", "source": bind.source, "target": bind.target,
                     "readonly": bind.readonly})
@@ -132,7 +143,13 @@ def mount_ops(binds: list[Bind]) -> list[dict[str, Any]]:
 
 
 def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds: list[Bind],
-               cgroup_procs: list[str], network: str) -> dict[str, Any]:
+               cgroup_procs: list[str], network: str, privileged: bool = False,
+               caps: list[int] | None = None, seccomp: bool = True) -> dict[str, Any]:
+    """Everything the box's init needs, as plain data.
+
+    ``caps`` are the capabilities its commands keep (None: all, for ``privileged``);
+    ``seccomp`` installs the default filter before each command's exec.
+    """
     namespaces = ["mnt", "uts", "ipc", "cgroup"]
     if network != "host":
         namespaces.append("net")
@@ -144,5 +161,8 @@ def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds
         "cgroup_procs": cgroup_procs,
         "root": dirs.root,
         "overlay": overlay_options(layers, dirs.upper, dirs.work),
-        "ops": mount_ops(binds),
+        "overlay_flags": 0 if privileged else libc.MS_NODEV,
+        "ops": mount_ops(binds, privileged),
+        "confine": {"caps": caps, "seccomp": seccomp and not privileged,
+                    "no_new_privs": not privileged},
     }

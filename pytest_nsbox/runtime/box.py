@@ -123,6 +123,7 @@ class Box:
         if msg is None or not msg.get("ready"):
             why = msg.get("error") if msg else "its init died during setup"
             raise BoxError(f"box {self.name!r} (image {self.spec.image!r}) failed to start: {why}")
+        self._write_owner()
         self._attach_network()
 
     def _attach_network(self) -> None:
@@ -135,11 +136,13 @@ class Box:
     def _write_owner(self) -> None:
         """Who owns this box, for ``gc`` after a crash."""
         record = {"id": self.id, "owner_pid": os.getpid(), "owner_start": _start_time(os.getpid()),
-                  "owner_lock": self._host.owner_lock(),
+                  "owner_lock": self._host.owner_lock(), "pid": self.pid or None,
                   "cgroup": f"nsbox-{self.id}", "name": self.name, "image": self.spec.image,
-                  "created": time.time()}
-        with open(os.path.join(self.dirs.base, "owner.json"), "w", encoding="utf-8") as f:
+                  "hostname": self.hostname, "created": time.time()}
+        path = os.path.join(self.dirs.base, "owner.json")
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(record, f)
+        os.rename(path + ".tmp", path)
 
     def close(self, keep: bool = False) -> None:
         """Kill every process, remove the cgroup and the read-write layer. Idempotent."""

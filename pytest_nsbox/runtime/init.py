@@ -14,6 +14,7 @@ import os
 import select
 import signal
 import socket
+import stat
 import struct
 import sys
 import traceback
@@ -75,7 +76,7 @@ def _setup(plan: dict[str, Any]) -> None:
     # Private before the first mount: nothing we mount may propagate to the host.
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     root = plan["root"]
-    libc.mount("nsbox", root, "overlay", 0, plan["overlay"])
+    libc.mount("nsbox", root, "overlay", plan.get("overlay_flags", 0), plan["overlay"])
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for op in plan["ops"]:
@@ -90,6 +91,9 @@ def _setup(plan: dict[str, Any]) -> None:
         libc.sethostname(plan["hostname"])
     if "net" in plan["namespaces"]:
         _loopback_up()
+    # Not dumpable: nothing in the box may open /proc/1/exe (the host's python binary) or
+    # ptrace PID 1 (the class of runc CVE-2019-5736). Commands are new execs: dumpable.
+    libc.prctl(libc.PR_SET_DUMPABLE, 0)
     # The command's processes, not PID 1, are what the OOM killer should pick. Lowering the
     # score needs CAP_SYS_RESOURCE, which some hosts (and containers) withhold: best effort.
     global _OOM_ADJUSTED
@@ -191,6 +195,37 @@ def _op_mkdir(rootfd: int, op: dict[str, Any]) -> None:
         os.close(dfd)
 
 
+def _op_mask(rootfd: int, op: dict[str, Any]) -> None:
+    """Hide a path: an empty read-only tmpfs over a directory, /dev/null over a file."""
+    try:
+        fd = _open_in_root(rootfd, op["target"])
+    except FileNotFoundError:
+        return
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            libc.mount("tmpfs", _fdpath(fd), "tmpfs", libc.MS_RDONLY, "size=0,mode=555")
+        else:
+            null = _open_in_root(rootfd, "/dev/null")
+            try:
+                libc.mount(_fdpath(null), _fdpath(fd), None, libc.MS_BIND)
+            finally:
+                os.close(null)
+    finally:
+        os.close(fd)
+
+
+def _op_readonly(rootfd: int, op: dict[str, Any]) -> None:
+    try:
+        fd = _open_in_root(rootfd, op["target"])
+    except FileNotFoundError:
+        return
+    try:
+        libc.mount(_fdpath(fd), _fdpath(fd), None, libc.MS_BIND | libc.MS_REC)
+    finally:
+        os.close(fd)
+    _op_remount(rootfd, {"target": op["target"], "flags": libc.MS_RDONLY})
+
+
 _OPS = {
     "mount": _op_mount,
     "bind": _op_bind,
@@ -198,6 +233,8 @@ _OPS = {
     "mknod": _op_mknod,
     "symlink": _op_symlink,
     "mkdir": _op_mkdir,
+    "mask": _op_mask,
+    "readonly": _op_readonly,
 }
 
 

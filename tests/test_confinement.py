@@ -1,0 +1,109 @@
+"""Default confinement, like Docker's: each escape attempt below must fail, and says why."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+pytestmark = pytest.mark.sandbox(image="busybox")
+
+
+def _fails(box, cmd: str) -> str:
+    result = box.run(cmd, timeout=30)
+    assert result.returncode != 0, f"{cmd!r} succeeded in the box: {result}"
+    return result.stderr
+
+
+def _read_size(box, path: str) -> int:
+    """Bytes a box can read from path: masked files read empty (bind of /dev/null)."""
+    return int(box.run(f"cat {path} 2>/dev/null | wc -c").stdout.strip())
+
+
+def test_kernel_memory_and_keys_are_masked(nsbox):
+    # This kernel has no /proc/kcore; where one exists, the box reads it empty.
+    assert _read_size(nsbox, "/proc/kcore") == 0
+    if os.path.exists("/proc/kcore"):
+        assert nsbox.exists("/proc/kcore")
+    with open("/proc/keys") as f:
+        assert f.read(), "the host has keys to hide"
+    assert _read_size(nsbox, "/proc/keys") == 0
+    assert nsbox.run("cat /proc/timer_list | wc -c").stdout.strip() == "0"
+    assert nsbox.run("cat /proc/timer_list | wc -c").stdout.strip() == "0"
+    for masked_dir in ("/sys/firmware", "/proc/acpi"):
+        if os.path.isdir(masked_dir) and os.listdir(masked_dir):
+            assert nsbox.listdir(masked_dir) == [], masked_dir
+            assert "Read-only" in _fails(nsbox, f"touch {masked_dir}/x")
+
+
+def test_sysrq_and_proc_sys_are_read_only(nsbox):
+    # never `echo c`: on an unprotected box it would crash the host
+    why = _fails(nsbox, ": >> /proc/sysrq-trigger")
+    if os.path.exists("/proc/sysrq-trigger"):
+        assert "Read-only" in why
+    else:  # this kernel is built without magic SysRq
+        assert "nonexistent" in why or "No such file" in why
+    assert "Read-only" in _fails(nsbox, "echo 3 > /proc/sys/vm/drop_caches")
+    assert "Read-only" in _fails(nsbox, "echo 10 > /proc/sys/vm/swappiness")
+
+
+def test_sys_and_cgroupfs_are_not_writable(nsbox):
+    assert "Read-only" in _fails(nsbox, "touch /sys/x")
+    _fails(nsbox, "echo 1 > /sys/fs/cgroup/release_agent")
+    _fails(nsbox, "mkdir /sys/fs/cgroup/memory/x")
+    assert nsbox.run("ls /sys/fs/cgroup | wc -l").stdout.strip() == "0"
+
+
+def test_a_binary_in_dev_shm_does_not_run(nsbox):
+    nsbox.run("cp /bin/busybox /dev/shm/bb && chmod +x /dev/shm/bb", check=True)
+    assert "Permission denied" in _fails(nsbox, "/dev/shm/bb true")
+
+
+def test_a_block_device_node_of_the_hosts_disk_cannot_be_read(nsbox):
+    st = os.stat("/")
+    major, minor = os.major(st.st_dev), os.minor(st.st_dev)
+    _fails(nsbox, f"mknod /dev/disk b {major} {minor}")
+    made = nsbox.run(f"mknod /tmp/disk b {major} {minor} && echo made")
+    if "made" in made.stdout:
+        assert "Permission denied" in _fails(nsbox, "head -c 512 /tmp/disk > /dev/null")
+
+
+def test_hostname_change_stays_in_the_box(nsbox):
+    before = socket.gethostname()
+    nsbox.run("hostname evil", check=True)
+    assert socket.gethostname() == before
+
+
+def test_no_host_process_is_visible(nsbox):
+    pids = [p for p in nsbox.listdir("/proc") if p.isdigit()]
+    assert len(pids) <= 3, pids
+    assert not nsbox.exists(f"/proc/{os.getpid()}/environ") or os.getpid() in (1, 2, 3)
+
+
+def test_no_descriptor_of_pytest_is_inherited(nsbox):
+    leak = os.open("/etc/hostname", os.O_RDONLY)  # inheritable on purpose
+    os.set_inheritable(leak, True)
+    try:
+        fds = nsbox.run("ls /proc/self/fd", check=True).stdout.split()
+        assert fds == ["0", "1", "2", "3"], fds
+        assert nsbox.run(f"cat /proc/self/fd/{leak}").returncode != 0
+    finally:
+        os.close(leak)
+
+
+def test_init_is_not_dumpable(nsbox):
+    # /proc/1/exe would be the host's python: no way to open or overwrite it
+    _fails(nsbox, "readlink /proc/1/exe")
+    _fails(nsbox, "cat /proc/1/environ")
+
+
+def test_mounts_are_private(nsbox):
+    mountinfo = nsbox.read_text("/proc/1/mountinfo")
+    assert "shared:" not in mountinfo and "master:" not in mountinfo
+
+
+def test_mountpoint_symlinks_in_the_image_cannot_redirect_mounts(nsbox_factory, tmp_path):
+    # A box whose image has /proc -> /host-path still gets its proc inside its own root.
+    box = nsbox_factory(image="busybox")
+    box.run("rm -rf /tmp/x && ln -s /etc /tmp/x", check=True)
+    assert box.read_text("/tmp/x/passwd").startswith("root:")
