@@ -84,3 +84,20 @@ class Snapshot:
         return cls(cgroups=len(nsbox_cgroups()), mounts=mount_lines(),
                    netns=len(net_namespaces()), named_netns=len(named_netns()),
                    processes=len(descendants()))
+
+
+def foreign_boxes(run_dir: str) -> set[str]:
+    """Box ids owned by other live processes (another pytest run on this machine)."""
+    import json
+
+    found = set()
+    boxes = os.path.join(run_dir, "boxes")
+    for box_id in os.listdir(boxes) if os.path.isdir(boxes) else []:
+        try:
+            with open(os.path.join(boxes, box_id, "owner.json"), encoding="utf-8") as f:
+                owner = json.load(f)["owner_pid"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if owner != os.getpid() and os.path.exists(f"/proc/{owner}"):
+            found.add(box_id)
+    return found

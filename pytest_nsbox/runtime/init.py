@@ -306,20 +306,63 @@ class _Init:
         stdin, stdout, stderr, status_fd = fds
         status = socket.socket(fileno=status_fd)
         try:
-            pid = os.fork()
-        except OSError as exc:  # pids limit reached, for one
-            protocol.send(status, {"exec_error": f"cannot fork: {exc.strerror}",
-                                   "errno": exc.errno})
+            if msg.get("user") is None:
+                pid = self.spawn(msg, stdin, stdout, stderr)
+            else:
+                pid = os.fork()
+                if pid == 0:
+                    _child(msg, stdin, stdout, stderr, status)
+        except OSError as exc:
+            what = "cannot fork" if exc.errno == errno.EAGAIN else _describe(exc)
+            protocol.send(status, {"exec_error": f"{what}: {exc.strerror}"
+                                   if what == "cannot fork" else what, "errno": exc.errno})
             status.close()
+            return
+        finally:
             for fd in (stdin, stdout, stderr):
                 os.close(fd)
-            return
-        if pid == 0:
-            _child(msg, stdin, stdout, stderr, status)
-        for fd in (stdin, stdout, stderr):
-            os.close(fd)
         self.children[pid] = status
         protocol.send(status, {"pid": pid})
+
+    def spawn(self, msg: dict[str, Any], stdin: int, stdout: int, stderr: int) -> int:
+        """The fast path: vfork+exec through posix_spawn, no copy of this process.
+
+        What a command needs set that posix_spawn cannot do (cwd) is set on the init around
+        the call; confinement was applied to the init itself and is inherited. Commands
+        with ``user`` take the fork path.
+        """
+        env = msg["env"]
+        path = _which(msg["argv"][0], env.get("PATH", _DEFAULT_PATH))
+        os.chdir(msg.get("cwd") or "/")
+        try:
+            return os.posix_spawn(
+                path, msg["argv"], env, setsid=True, setsigmask=(),
+                setsigdef=_DEFAULT_SIGNALS,
+                file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
+                              (os.POSIX_SPAWN_DUP2, stderr, 2)])
+        finally:
+            os.chdir("/")
+
+
+_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_DEFAULT_SIGNALS = (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
+                    signal.SIGTERM, signal.SIGHUP)
+
+
+def _which(program: str, path: str) -> str:
+    """execvp's search, done here because posix_spawnp would search the init's own PATH."""
+    if "/" in program:
+        return program
+    denied = None
+    for directory in path.split(":"):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.isfile(candidate):
+            if os.access(candidate, os.X_OK):
+                return candidate
+            denied = candidate
+    if denied:
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
+    raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
 def _noop(signum: int, frame: object) -> None:
@@ -330,8 +373,7 @@ def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
            status: socket.socket) -> NoReturn:
     try:
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
-                    signal.SIGTERM, signal.SIGHUP):
+        for sig in _DEFAULT_SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
         signal.pthread_sigmask(signal.SIG_SETMASK, [])
         os.setsid()
