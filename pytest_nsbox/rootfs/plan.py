@@ -163,6 +163,7 @@ def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds
         "overlay": overlay_options(layers, dirs.upper, dirs.work),
         "overlay_flags": 0 if privileged else libc.MS_NODEV,
         "ops": mount_ops(binds, privileged),
+        "trace_ops": bool(os.environ.get("NSBOX_TRACE_OPS")),
         "confine": {"caps": caps, "seccomp": seccomp and not privileged,
                     "no_new_privs": not privileged},
     }

@@ -106,12 +106,12 @@ class Box:
         write_init_layer(self.dirs, self.hostname, hosts_file(self.hostname), binds)
         limits = Limits(memory=self.spec.memory, cpus=self.spec.cpus, pids=self.spec.pids)
         self._cgroup = host.cgroups.create(f"nsbox-{self.id}", limits)
-        self._write_owner()
         plan = build_plan(box_id=self.id, hostname=self.hostname, image=self.image,
                           dirs=self.dirs, binds=binds, cgroup_procs=self._cgroup.procs_files(),
                           network=self.spec.network)
         ours, theirs = protocol.socketpair()
         self._ctl = ours
+        requested = time.monotonic()
         try:
             self.pid, self._pidfd = zygote().create(plan, theirs)
         finally:
@@ -120,6 +120,8 @@ class Box:
         if not ready:
             raise BoxError(f"box {self.name!r} did not come up within {START_TIMEOUT:.0f} s")
         msg, _fds = protocol.recv(ours)
+        self.start_marks = [("requested", requested), *((m[0], m[1]) for m in (msg or {}).get("marks", ())),
+                            ("ready", time.monotonic())]
         if msg is None or not msg.get("ready"):
             why = msg.get("error") if msg else "its init died during setup"
             raise BoxError(f"box {self.name!r} (image {self.spec.image!r}) failed to start: {why}")
@@ -135,7 +137,7 @@ class Box:
 
     def _write_owner(self) -> None:
         """Who owns this box, for ``gc`` after a crash."""
-        record = {"id": self.id, "owner_pid": os.getpid(), "owner_start": _start_time(os.getpid()),
+        record = {"id": self.id, "owner_pid": os.getpid(), "owner_start": _own_start_time(),
                   "owner_lock": self._host.owner_lock(), "pid": self.pid or None,
                   "cgroup": f"nsbox-{self.id}", "name": self.name, "image": self.spec.image,
                   "hostname": self.hostname, "created": time.time()}
@@ -364,6 +366,16 @@ def _box_path(path: str, key: str, base: str = "/") -> str:
     if not isinstance(path, str) or not path or "\0" in path:
         raise SpecError(key, path, "not a path inside the box", "'/etc/hostname'", source="box")
     return posixpath.normpath(posixpath.join(base, path))
+
+
+_own_start: tuple[int, int] = (0, 0)
+
+
+def _own_start_time() -> int:
+    global _own_start
+    if _own_start[0] != os.getpid():
+        _own_start = (os.getpid(), _start_time(os.getpid()))
+    return _own_start[1]
 
 
 def _start_time(pid: int) -> int:

@@ -27,8 +27,14 @@ def _has_overlay() -> bool:
     return os.path.isdir("/sys/module/overlay")
 
 
+_host_ok = 0  # the pid that found this host fit; the answer does not change while it runs
+
+
 def check_host() -> None:
     """Raise HostNotSupported with a fix-it line when boxes cannot run here."""
+    global _host_ok
+    if _host_ok == os.getpid():
+        return
     if not sys.platform.startswith("linux"):
         raise HostNotSupported(f"nsbox needs Linux (namespaces, cgroups, overlayfs); "
                                f"this is {sys.platform}")
@@ -41,6 +47,7 @@ def check_host() -> None:
     if not os.path.exists("/proc/self/ns/pid"):
         raise HostNotSupported("nsbox needs PID namespaces (CONFIG_PID_NS), which this "
                                "kernel lacks")
+    _host_ok = os.getpid()
 
 
 @dataclass

@@ -5,11 +5,17 @@ deadlock the child, and costs its whole address space. So one zygote per owning 
 started with a fresh interpreter, imports only what a box's init needs, and forks each box
 from there. Each fork lands directly in a new PID namespace (``unshare(CLONE_NEWPID)`` in
 the zygote, then ``setns`` back to its own), so the box's PID 1 is the zygote's child and
-``PR_SET_PDEATHSIG`` ties it to the zygote. When the owner goes away (EOF on the control
-socket), the zygote kills every box it started and exits.
+``PR_SET_PDEATHSIG`` ties it to the zygote.
+
+The fork and the namespaces are made ahead of time: the zygote always holds one *spare*,
+a child that has made its mount, UTS, IPC and network namespaces and waits for a plan. A
+request hands its plan to the spare and a new spare is forked after the reply, off the
+request's critical path. When the owner goes away (EOF on the control socket), the zygote
+kills every box it started, and its spare, and exits.
 """
 from __future__ import annotations
 
+import gc
 import os
 import select
 import signal
@@ -21,6 +27,14 @@ from ..syscalls import libc
 from . import init, protocol
 
 
+class Spare:
+    """A forked child, PID 1 of a fresh PID namespace, waiting on ``sock`` for its plan."""
+
+    def __init__(self, pid: int, sock: socket.socket) -> None:
+        self.pid = pid
+        self.sock = sock
+
+
 class Zygote:
     def __init__(self, ctl: socket.socket) -> None:
         self.ctl = ctl
@@ -29,9 +43,11 @@ class Zygote:
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.signal(signal.SIGCHLD, _noop)
         signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
+        self.spare: Spare | None = None
 
     def serve(self) -> None:
         try:
+            self.spare = self.fork_spare()
             while True:
                 ready, _, _ = select.select([self.ctl, self.wake_r], [], [])
                 if self.wake_r in ready:
@@ -45,8 +61,13 @@ class Zygote:
                     if msg is None:
                         return
                     self.handle(msg, fds)
+                    if self.spare is None:
+                        self.spare = self.fork_spare()
         finally:
-            for pid in self.boxes:
+            pids = set(self.boxes)
+            if self.spare is not None:
+                pids.add(self.spare.pid)
+            for pid in pids:
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except OSError:
@@ -61,6 +82,9 @@ class Zygote:
             if pid == 0:
                 return
             self.boxes.discard(pid)
+            if self.spare is not None and self.spare.pid == pid:
+                self.spare.sock.close()
+                self.spare = None
 
     def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
         if msg.get("op") != "create" or len(fds) != 1:
@@ -70,39 +94,57 @@ class Zygote:
             return
         box_fd = fds[0]
         try:
-            pid = self.fork_box(msg["plan"], box_fd)
-            pidfd = os.pidfd_open(pid)
+            spare = self.spare or self.fork_spare()
+            self.spare = None
+            pidfd = os.pidfd_open(spare.pid)
+            try:
+                protocol.send(spare.sock, {"plan": msg["plan"]}, [box_fd])
+            finally:
+                spare.sock.close()
         except OSError as exc:
             protocol.send(self.ctl, {"error": f"cannot start box: {exc}"})
             return
         finally:
             os.close(box_fd)
-        self.boxes.add(pid)
+        self.boxes.add(spare.pid)
         try:
-            protocol.send(self.ctl, {"pid": pid}, [pidfd])
+            protocol.send(self.ctl, {"pid": spare.pid}, [pidfd])
         finally:
             os.close(pidfd)
 
-    def fork_box(self, plan: dict[str, Any], box_fd: int) -> int:
-        libc.unshare(libc.CLONE_NEWPID)
+    def fork_spare(self) -> Spare:
+        ours, theirs = protocol.socketpair()
+        host_netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            pid = os.fork()
-            if pid == 0:
-                self.become_box(plan, box_fd)
+            libc.unshare(libc.CLONE_NEWPID)
+            try:
+                pid = os.fork()
+                if pid == 0:
+                    ours.detach()
+                    self.become_box(theirs, host_netns)
+            finally:
+                libc.setns(self.own_pidns, libc.CLONE_NEWPID)
         finally:
-            libc.setns(self.own_pidns, libc.CLONE_NEWPID)
-        return pid
+            os.close(host_netns)
+            theirs.close()
+        return Spare(pid, ours)
 
-    def become_box(self, plan: dict[str, Any], box_fd: int) -> None:
+    def become_box(self, sock: socket.socket, host_netns: int) -> None:
+        """In the spare: make the namespaces, then wait for a plan (or the zygote's death)."""
         try:
             signal.set_wakeup_fd(-1)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             for fd in (self.ctl.fileno(), self.own_pidns, self.wake_r, self.wake_w):
                 os.close(fd)
             self.ctl.detach()
+            init.prepare(host_netns)
+            msg, fds = protocol.recv(sock)
+            sock.close()
         except BaseException:
             os._exit(1)
-        init.boot(plan, box_fd)
+        if msg is None or len(fds) != 1:
+            os._exit(0)
+        init.boot(msg["plan"], fds[0])
 
 
 def _noop(signum: int, frame: object) -> None:
@@ -116,6 +158,9 @@ def main(argv: list[str]) -> None:
     # owner may spawn us from any thread. EOF on the control socket is the owner's death.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     libc.set_comm("nsbox-init")
+    # Everything imported so far is shared with every box: keep the collector from
+    # touching (and so copying) those pages in the children.
+    gc.freeze()
     Zygote(ctl).serve()
 
 
