@@ -28,6 +28,8 @@ HELP_RUN = ("directory of running boxes' layers (default /dev/shm/nsbox when /de
             "tmpfs, else /run/nsbox, or $NSBOX_RUN)")
 HELP_CGROUP = "cgroup (relative to the hierarchy root) to create box cgroups under"
 HELP_IMAGES_DIR = "folder of fixtures images (NAME/Containerfile), relative to rootdir"
+HELP_POOL = ("warm pool: prepare up to N boxes for the next tests while the current one runs "
+             "(default 0: off)")
 # ini defaults for marker keys: nsbox_<key>
 INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "timeout", "hostname")
 
@@ -46,6 +48,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("nsbox_run_dir", HELP_RUN, default="")
     parser.addini("nsbox_cgroup_parent", HELP_CGROUP, default="")
     parser.addini("nsbox_images_dir", HELP_IMAGES_DIR, default="fixtures_images")
+    parser.addini("nsbox_pool", HELP_POOL, default="0")
     for key in INI_DEFAULT_KEYS:
         parser.addini(f"nsbox_{key}", f"default for sandbox({key}=...)", default="")
 
@@ -79,6 +82,22 @@ class _Settings:
                          if config.getini(f"nsbox_{key}")}
         self.kept: list[tuple[str, str]] = []
         self._host: Any = None
+        pool = str(config.getini("nsbox_pool") or "0").strip()
+        if not pool.isdigit():
+            raise pytest.UsageError(f"ini nsbox_pool={pool!r}: not a number of boxes; "
+                                    f"use e.g. nsbox_pool = 2")
+        self.pool_size = int(pool)
+        self._pool: Any = None
+        self.positions: dict[str, int] = {}
+        self.items: list[pytest.Item] = []
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None and self.pool_size > 0:
+            from .pool import Pool
+
+            self._pool = Pool(self.pool_size, self.host)
+        return self._pool
 
     @property
     def host(self) -> Any:
@@ -148,6 +167,42 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 pass
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    settings = session.config.stash[_settings_key]
+    settings.items = list(session.items)
+    settings.positions = {item.nodeid: i for i, item in enumerate(settings.items)}
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    """With a warm pool, start the boxes of the next tests now, in the background."""
+    settings = item.config.stash[_settings_key]
+    if settings.pool_size <= 0:
+        return
+    if hasattr(item.config, "workerinput"):  # xdist decides what runs next: look one ahead
+        upcoming = [nextitem] if nextitem is not None else []
+    else:
+        start = settings.positions.get(item.nodeid, -1) + 1
+        upcoming = settings.items[start:start + 2 * settings.pool_size]
+    for future in upcoming:
+        if "nsbox" in getattr(future, "fixturenames", ()) and settings.pool.wanted(future.nodeid):
+            _prefetch(future, settings)
+
+
+def _prefetch(item: pytest.Item, settings: _Settings) -> None:
+    from .errors import NsboxError
+    from .runtime.host import check_host
+
+    try:
+        check_host()
+        spec = _item_spec(item)
+        item.config.hook.pytest_nsbox_box_spec(spec=spec, item=item)
+        spec = spec.validate()
+    except (NsboxError, ValueError):
+        return  # that test reports its own error when it runs
+    settings.pool.prefetch(item.nodeid, spec, label=item.name)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker(MARKER) is None:
@@ -206,6 +261,12 @@ class BoxFactory:
         from .spec import BoxSpec
 
         base = self.base_spec()
+        if not keys and name is None and not self.boxes and self.settings.pool_size > 0:
+            pooled = self.settings.pool.take(self.item.nodeid)
+            if pooled is not None:
+                self.boxes.append(pooled)
+                self.item.config.hook.pytest_nsbox_box_started(box=pooled)
+                return pooled
         try:
             check_host()
         except HostNotSupported as exc:
@@ -289,6 +350,8 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     settings = config.stash.get(_settings_key, None)
+    if settings is not None and settings._pool is not None:
+        settings._pool.close()
     if settings is not None and settings._host is not None:
         from .runtime import client
 

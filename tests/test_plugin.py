@@ -274,3 +274,60 @@ def test_box_works_outside_pytest(pytester):
 def test_help_lists_the_options(pytester):
     result = pytester.runpytest_subprocess("--help")
     result.stdout.fnmatch_lines(["*--nsbox-require*", "*--nsbox-keep=*", "*nsbox_image*"])
+
+
+def test_warm_pool_prepares_the_next_tests_boxes(pytester):
+    pytester.makeini("""
+        [pytest]
+        nsbox_pool = 2
+    """)
+    pytester.makeconftest("""
+        specs = []
+
+        def pytest_nsbox_box_spec(spec, item):
+            specs.append(item.name)
+
+        def pytest_sessionfinish(session):
+            pool = session.config.stash[__import__("pytest_nsbox.plugin").plugin._settings_key]._pool
+            print("POOL", pool.hits, pool.misses, "SPECS", sorted(specs))
+    """)
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.sandbox(image="busybox", hostname="one")
+        def test_one(nsbox):
+            assert nsbox.run("hostname").stdout.strip() == "one"
+
+        @pytest.mark.sandbox(image="busybox", hostname="two", memory="32M")
+        def test_two(nsbox):
+            assert nsbox.run("hostname").stdout.strip() == "two"
+            assert nsbox.stats().memory_limit == 32 * 1024**2
+            nsbox.write_text("/tmp/mark", "x")
+
+        @pytest.mark.sandbox(image="busybox", hostname="three")
+        def test_three(nsbox, nsbox_factory):
+            assert not nsbox.exists("/tmp/mark")
+            assert nsbox_factory(hostname="extra").run("hostname").stdout.strip() == "extra"
+
+        @pytest.mark.sandbox(image="busybox", memory="lots")
+        def test_bad(nsbox):
+            pass
+
+        def test_plain():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("-s", "-p", "no:cacheprovider")
+    result.assert_outcomes(passed=4, errors=1)
+    result.stdout.fnmatch_lines(["*POOL 2 1 SPECS*"])
+    assert "'test_one', 'test_three', 'test_three', 'test_two'" in result.stdout.str()
+
+
+def test_bad_pool_size_is_a_usage_error(pytester):
+    pytester.makeini("""
+        [pytest]
+        nsbox_pool = many
+    """)
+    pytester.makepyfile("def test_x(): pass")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini nsbox_pool='many': not a number of boxes*"])

@@ -1,0 +1,73 @@
+"""The warm pool (ini ``nsbox_pool = N``): boxes for the next tests, made while this one runs.
+
+Only the ``nsbox`` fixture's first box is pooled, and only for a spec that is known before
+the test starts (marker + ini defaults + ``pytest_nsbox_box_spec``, all run in the main
+thread at prefetch time). A background thread starts the boxes; a test whose box is not
+ready yet waits for it (bounded), and one whose prefetch failed gets its box made the
+normal way, so an error is raised in that test's own setup.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .runtime.box import Box
+    from .runtime.host import Host
+    from .spec import BoxSpec
+
+TAKE_TIMEOUT = 60.0
+
+
+class Pool:
+    def __init__(self, size: int, host: Host) -> None:
+        self.size = size
+        self.host = host
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsbox-pool")
+        self._pending: dict[str, tuple[BoxSpec, Future[Box]]] = {}
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def wanted(self, nodeid: str) -> bool:
+        with self._lock:
+            return nodeid not in self._pending and len(self._pending) < self.size
+
+    def prefetch(self, nodeid: str, spec: BoxSpec, label: str) -> None:
+        """Start a box for test ``nodeid`` in the background."""
+        from .runtime.box import Box
+
+        with self._lock:
+            if nodeid in self._pending or len(self._pending) >= self.size:
+                return
+            future = self._executor.submit(Box.from_spec, spec, host=self.host, label=label,
+                                           group=nodeid)
+            self._pending[nodeid] = (spec, future)
+
+    def take(self, nodeid: str) -> Box | None:
+        """The box prepared for this test (its spec already went through the hook)."""
+        with self._lock:
+            entry = self._pending.pop(nodeid, None)
+        if entry is None:
+            self.misses += 1
+            return None
+        try:
+            box = entry[1].result(timeout=TAKE_TIMEOUT)
+        except Exception:  # made again in the test itself, where the error belongs
+            self.misses += 1
+            return None
+        self.hits += 1
+        return box
+
+    def close(self) -> None:
+        """Tear down every box no test took (at session end)."""
+        with self._lock:
+            pending = list(self._pending.values())
+            self._pending.clear()
+        for _spec, future in pending:
+            try:
+                future.result(timeout=TAKE_TIMEOUT).close()
+            except Exception:
+                pass
+        self._executor.shutdown(wait=True)
