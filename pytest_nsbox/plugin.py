@@ -28,6 +28,8 @@ HELP_RUN = ("directory of running boxes' layers (default /dev/shm/nsbox when /de
             "tmpfs, else /run/nsbox, or $NSBOX_RUN)")
 HELP_CGROUP = "cgroup (relative to the hierarchy root) to create box cgroups under"
 HELP_IMAGES_DIR = "folder of fixtures images (NAME/Containerfile), relative to rootdir"
+HELP_ISOLATE = ("run every collected test body inside its own box (marker keys still apply; "
+                "needs the 'host' image)")
 HELP_POOL = ("warm pool: prepare up to N boxes for the next tests while the current one runs "
              "(default 0: off)")
 # ini defaults for marker keys: nsbox_<key>
@@ -42,6 +44,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("nsbox", "per-test containers (pytest-nsbox)")
     group.addoption("--nsbox-require", action="store_true", default=None, help=HELP_REQUIRE)
     group.addoption("--nsbox-keep", choices=KEEP_CHOICES, default=None, help=HELP_KEEP)
+    group.addoption("--nsbox-isolate", action="store_true", default=False, help=HELP_ISOLATE)
     parser.addini("nsbox_require", HELP_REQUIRE, type="bool", default=False)
     parser.addini("nsbox_keep", HELP_KEEP, default="never")
     parser.addini("nsbox_state_dir", HELP_STATE, default="")
@@ -215,6 +218,29 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
+    """``isolate``: run the test body in a box instead of here."""
+    from . import isolate
+
+    if isolate.inner():
+        return None
+    wanted = pyfuncitem.config.getoption("nsbox_isolate")
+    if not wanted and pyfuncitem.get_closest_marker(MARKER) is None:
+        return None
+    spec = _item_spec(pyfuncitem)
+    if not (wanted or spec.isolate):
+        return None
+    factory = BoxFactory(pyfuncitem)
+    box = factory(name=f"isolated-{pyfuncitem.name}"[:63].replace("[", "-").replace("]", ""))
+    try:
+        isolate.run_inside(box, pyfuncitem, spec.timeout)
+    finally:
+        if "nsbox_factory" not in pyfuncitem.fixturenames:  # else it goes with the others
+            box.close()
+    return True
+
+
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
                               ) -> Iterator[None]:
@@ -255,11 +281,15 @@ class BoxFactory:
             pytest.fail(f"{self.item.nodeid}: {exc}", pytrace=False)
 
     def __call__(self, name: str | None = None, **keys: Any) -> Box:
+        from . import isolate
         from .errors import HostNotSupported, SpecError
         from .runtime.box import Box
         from .runtime.host import check_host
         from .spec import BoxSpec
 
+        if isolate.inner():
+            pytest.fail(f"{self.item.nodeid}: this test already runs inside a box (isolate); "
+                        f"boxes cannot be made from inside one", pytrace=False)
         base = self.base_spec()
         if not keys and name is None and not self.boxes and self.settings.pool_size > 0:
             pooled = self.settings.pool.take(self.item.nodeid)

@@ -66,7 +66,10 @@ def host_binds(rootdir: str | None) -> list[Bind]:
     """What a ``host`` image box sees of the running test: rootdir and Python, read-only."""
     import sys
 
-    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, rootdir) if p}
+    # This package's own folder too: an editable install lives outside sys.prefix.
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, rootdir, package_parent)
+             if p}
     paths = {p for p in paths if os.path.isdir(p) and p != "/"}
     # A path inside another bound path is already visible.
     keep = sorted(p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths))
