@@ -89,9 +89,7 @@ def test_bad_ini_default_names_the_ini_option(pytester):
 
 
 def test_factory_boxes_are_named_and_all_torn_down(pytester, run_dir):
-    pytester.makepyfile(f"""
-        import os
-
+    pytester.makepyfile("""
         def test_two(nsbox_factory):
             a = nsbox_factory(image="busybox", name="alpha")
             b = nsbox_factory(image="busybox", name="beta", memory="32M")
@@ -100,11 +98,14 @@ def test_factory_boxes_are_named_and_all_torn_down(pytester, run_dir):
             assert b.stats().memory_limit == 32 * 1024**2
             a.write_text("/tmp/only-a", "x")
             assert not b.exists("/tmp/only-a")
-            with open(os.path.join({os.path.dirname(__file__)!r}, "..", "box-ids"), "a") as f:
-                f.write(a.id + "\\n" + b.id + "\\n")
+            print("IDS", a.id, b.id)
     """)
-    ids_file = pytester.path / "box-ids"
-    pytester.runpytest_subprocess(*ARGS).assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("-s", *ARGS)
+    result.assert_outcomes(passed=1)
+    ids = next(line for line in result.stdout.lines if "IDS" in line).split("IDS ")[1].split()
+    assert len(ids) == 2
+    for box_id in ids:
+        assert not os.path.exists(os.path.join(run_dir, box_id))
 
 
 def test_hooks_see_and_change_the_spec(pytester):
