@@ -148,3 +148,18 @@ def test_file_methods_resolve_inside_the_box(nsbox, tmp_path):
     assert nsbox.run("cat /tmp/x", check=True).stdout == "via link"
     assert not os.path.exists("/tmp/x") or open("/tmp/x").read() != "via link"
     assert nsbox.read_bytes("/../../etc/passwd").startswith(b"root:")
+
+
+@pytest.mark.sandbox(image="busybox")
+def test_pid_1_reaps_orphans(nsbox):
+    nsbox.run("sh -c 'sleep 0.2 & exit 0'; sh -c '(sleep 0.1 &) ; exit 0'", check=True)
+    nsbox.run("sleep 0.5", check=True)
+    states = nsbox.run("cat /proc/[0-9]*/stat", check=True).stdout
+    assert ") Z " not in states, states
+
+
+@pytest.mark.sandbox(image="busybox", network="host")
+def test_host_network_keeps_the_hosts_interfaces(nsbox):
+    host = sorted(os.listdir("/sys/class/net"))
+    assert nsbox.run("ls /sys/class/net", check=True).stdout.split() == host
+    assert nsbox.run("hostname", check=True).stdout.strip() == nsbox.hostname
