@@ -68,10 +68,59 @@ def test_a_block_device_node_of_the_hosts_disk_cannot_be_read(nsbox):
         assert "Permission denied" in _fails(nsbox, "head -c 512 /tmp/disk > /dev/null")
 
 
-def test_hostname_change_stays_in_the_box(nsbox):
+def test_the_hosts_hostname_cannot_be_changed(nsbox):
     before = socket.gethostname()
-    nsbox.run("hostname evil", check=True)
+    assert "Operation not permitted" in _fails(nsbox, "hostname evil")
     assert socket.gethostname() == before
+
+
+def test_mount_needs_privileged(nsbox):
+    why = _fails(nsbox, "mkdir -p /mnt; mount -t tmpfs x /mnt")
+    assert "permission denied" in why.lower() or "not permitted" in why
+
+
+@pytest.mark.sandbox(privileged=True)
+def test_privileged_gets_mount_back(nsbox):
+    # Opt-in only: with CAP_SYS_ADMIN and no seccomp filter a box can mount (and so undo
+    # much of its confinement); that is what `privileged` means, as in Docker.
+    nsbox.run("mkdir -p /mnt && mount -t tmpfs x /mnt && touch /mnt/ok", check=True)
+    assert nsbox.run("grep -c ' /mnt tmpfs' /proc/mounts").stdout.strip() == "1"
+
+
+def test_new_namespaces_are_refused(nsbox):
+    assert "Operation not permitted" in _fails(nsbox, "unshare -m true")
+    assert "Operation not permitted" in _fails(nsbox, "unshare -U true")
+    assert "Operation not permitted" in _fails(nsbox, "unshare -n true")
+
+
+def test_default_capabilities_are_dockers(nsbox):
+    status = nsbox.read_text("/proc/1/status")
+    bounding = int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("CapBnd:")), 16)
+    expected = 0
+    for bit in (0, 1, 3, 4, 5, 6, 7, 8, 10, 13, 18, 27, 29, 31):
+        expected |= 1 << bit
+    assert bounding == expected
+    eff = nsbox.run("grep CapEff /proc/self/status", check=True).stdout.split()[1]
+    assert int(eff, 16) == expected
+    nnp = nsbox.run("grep NoNewPrivs /proc/self/status", check=True).stdout.split()[1]
+    assert nnp == "1"
+    mode = nsbox.run("grep '^Seccomp:' /proc/self/status", check=True).stdout.split()[1]
+    assert mode == "2"  # filter
+
+
+@pytest.mark.sandbox(cap_drop=["NET_RAW", "CHOWN"], cap_add=["NET_ADMIN"])
+def test_cap_add_and_drop(nsbox):
+    eff = int(nsbox.run("grep CapEff /proc/self/status", check=True).stdout.split()[1], 16)
+    assert eff & (1 << 12) and not eff & (1 << 13) and not eff & (1 << 0)
+    assert "Operation not permitted" in _fails(nsbox, "chown 1 /tmp")
+    nsbox.run("ip link set lo mtu 1400", check=True)  # NET_ADMIN
+
+
+@pytest.mark.sandbox(seccomp=False)
+def test_seccomp_can_be_turned_off(nsbox):
+    mode = nsbox.run("grep '^Seccomp:' /proc/self/status", check=True).stdout.split()[1]
+    assert mode == "0"
 
 
 def test_no_host_process_is_visible(nsbox):

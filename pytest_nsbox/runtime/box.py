@@ -27,7 +27,7 @@ from ..rootfs import diff as rootfs_diff
 from ..rootfs.plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
 from ..spec import BoxSpec
 from ..state import remove_tree
-from ..syscalls import libc
+from ..syscalls import caps, libc
 from . import protocol
 from .client import zygote
 from .host import Host, check_host, default_host
@@ -106,9 +106,12 @@ class Box:
         write_init_layer(self.dirs, self.hostname, hosts_file(self.hostname), binds)
         limits = Limits(memory=self.spec.memory, cpus=self.spec.cpus, pids=self.spec.pids)
         self._cgroup = host.cgroups.create(f"nsbox-{self.id}", limits)
+        spec = self.spec
+        keep = None if spec.privileged else caps.resolve(spec.cap_add, spec.cap_drop, False)
         plan = build_plan(box_id=self.id, hostname=self.hostname, image=self.image,
                           dirs=self.dirs, binds=binds, cgroup_procs=self._cgroup.procs_files(),
-                          network=self.spec.network)
+                          network=spec.network, privileged=spec.privileged, caps=keep,
+                          seccomp=spec.seccomp)
         ours, theirs = protocol.socketpair()
         self._ctl = ours
         requested = time.monotonic()
@@ -130,10 +133,9 @@ class Box:
 
     def _attach_network(self) -> None:
         """Join the group's private network; ``none`` and ``host`` need nothing more."""
-        if self.spec.network != "private":
-            return
-        raise BoxError(f"box {self.name!r}: network='private' is not available yet; "
-                       f"use network='none' or 'host'")
+        from ..network import attach
+
+        attach(self)
 
     def _write_owner(self) -> None:
         """Who owns this box, for ``gc`` after a crash."""
@@ -343,6 +345,26 @@ class Box:
                 raise BoxClosed(f"box {self.name!r} is closed")
             return self.final_stats
         return self._cgroup.stats()  # type: ignore[no-any-return]
+
+    # -- network
+    def connect(self, port: int, timeout: float | None = None) -> socket.socket:
+        """A TCP connection to ``port`` inside the box's network (any ``network`` mode);
+        with ``timeout``, retried until something listens or the time is up."""
+        from ..network import reach
+
+        return reach.connect(self, port, timeout)
+
+    def forward(self, port: int) -> tuple[str, int]:
+        """The box's ``port`` exposed on the host's 127.0.0.1, until the box closes."""
+        from ..network import reach
+
+        return reach.forward(self, port)
+
+    def wait_for_port(self, port: int, timeout: float) -> None:
+        """Return once something listens on TCP ``port`` in the box (never connects)."""
+        from ..network import reach
+
+        reach.wait_for_port(self, port, timeout)
 
 
 def _argv(cmd: list[str] | str) -> list[str]:

@@ -21,7 +21,7 @@ import time
 import traceback
 from typing import Any, NoReturn
 
-from ..syscalls import libc
+from ..syscalls import caps, libc, seccomp
 from . import protocol
 
 _NS_FLAGS = {
@@ -123,6 +123,8 @@ def _setup(plan: dict[str, Any], marks: list[tuple[str, float]]) -> None:
     # Not dumpable: nothing in the box may open /proc/1/exe (the host's python binary) or
     # ptrace PID 1 (the class of runc CVE-2019-5736). Commands are new execs: dumpable.
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
+    _confine(plan.get("confine") or {})
+    marks.append(("confined", time.monotonic()))
     # The command's processes, not PID 1, are what the OOM killer should pick. Lowering the
     # score needs CAP_SYS_RESOURCE, which some hosts (and containers) withhold: best effort.
     global _OOM_ADJUSTED
@@ -131,6 +133,21 @@ def _setup(plan: dict[str, Any], marks: list[tuple[str, float]]) -> None:
         _OOM_ADJUSTED = True
     except PermissionError:
         pass
+
+
+def _confine(confine: dict[str, Any]) -> None:
+    """Confine PID 1 itself: every command it starts (spawned or forked) inherits this.
+
+    Capabilities first (dropping needs CAP_SETPCAP), then no_new_privs, then the seccomp
+    filter, which from then on also guards the init.
+    """
+    keep = confine.get("caps")
+    if keep is not None:
+        caps.apply(keep, caps.last_cap())
+    if confine.get("no_new_privs"):
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if confine.get("seccomp"):
+        seccomp.install(seccomp.build(caps=keep or ()))
 
 
 def _write(path: str, data: str) -> None:
