@@ -156,3 +156,15 @@ def test_mountpoint_symlinks_in_the_image_cannot_redirect_mounts(nsbox_factory, 
     box = nsbox_factory(image="busybox")
     box.run("rm -rf /tmp/x && ln -s /etc /tmp/x", check=True)
     assert box.read_text("/tmp/x/passwd").startswith("root:")
+
+
+@pytest.mark.sandbox(image="host", cap_drop=["SETUID", "SETGID"])
+def test_user_switch_works_when_the_box_drops_setuid(nsbox):
+    assert nsbox.run("id -u", user="nobody", check=True).stdout.strip() == "65534"
+    eff = int(nsbox.run("grep CapEff /proc/self/status", check=True).stdout.split()[1], 16)
+    assert not eff & (1 << 6) and not eff & (1 << 7)
+    # ...but the box's own root cannot switch users any more
+    import sys
+
+    why = _fails(nsbox, f"{sys.executable} -c 'import os; os.setuid(65534)'")
+    assert "PermissionError" in why and "not permitted" in why

@@ -33,6 +33,7 @@ _NS_FLAGS = {
 }
 
 _OOM_ADJUSTED = False
+_KEEP: list[int] | None = None  # the box's capabilities, when it is not privileged
 
 # <linux/sockios.h>, <net/if.h>
 _SIOCGIFFLAGS = 0x8913
@@ -123,8 +124,6 @@ def _setup(plan: dict[str, Any], marks: list[tuple[str, float]]) -> None:
     # Not dumpable: nothing in the box may open /proc/1/exe (the host's python binary) or
     # ptrace PID 1 (the class of runc CVE-2019-5736). Commands are new execs: dumpable.
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
-    _confine(plan.get("confine") or {})
-    marks.append(("confined", time.monotonic()))
     # The command's processes, not PID 1, are what the OOM killer should pick. Lowering the
     # score needs CAP_SYS_RESOURCE, which some hosts (and containers) withhold: best effort.
     global _OOM_ADJUSTED
@@ -133,6 +132,8 @@ def _setup(plan: dict[str, Any], marks: list[tuple[str, float]]) -> None:
         _OOM_ADJUSTED = True
     except PermissionError:
         pass
+    _confine(plan.get("confine") or {})
+    marks.append(("confined", time.monotonic()))
 
 
 def _confine(confine: dict[str, Any]) -> None:
@@ -141,9 +142,14 @@ def _confine(confine: dict[str, Any]) -> None:
     Capabilities first (dropping needs CAP_SETPCAP), then no_new_privs, then the seccomp
     filter, which from then on also guards the init.
     """
+    global _KEEP
     keep = confine.get("caps")
     if keep is not None:
-        caps.apply(keep, caps.last_cap())
+        _KEEP = list(keep)
+        caps.drop_bounding(keep, caps.last_cap())
+        # The init keeps SETUID/SETGID for `run(user=...)` even when the box drops them;
+        # with no_new_privs a root exec gets no more than the bounding set: exactly keep.
+        caps.limit(set(keep) | {caps.SETUID, caps.SETGID})
     if confine.get("no_new_privs"):
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if confine.get("seccomp"):
@@ -381,13 +387,19 @@ class _Init:
         path = _which(msg["argv"][0], env.get("PATH", _DEFAULT_PATH))
         os.chdir(msg.get("cwd") or "/")
         try:
-            return os.posix_spawn(
+            pid = os.posix_spawn(
                 path, msg["argv"], env, setsid=True, setsigmask=(),
                 setsigdef=_DEFAULT_SIGNALS,
                 file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
                               (os.POSIX_SPAWN_DUP2, stderr, 2)])
         finally:
             os.chdir("/")
+        if _OOM_ADJUSTED:  # raising a score needs no privilege; it is the init's, inherited
+            try:
+                _write(f"/proc/{pid}/oom_score_adj", "0")
+            except OSError:
+                pass
+        return pid
 
 
 _DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -437,6 +449,8 @@ def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
             os.setgid(gid)
         if uid is not None:
             os.setuid(uid)
+        if _KEEP is not None:
+            caps.limit(_KEEP)
         argv = msg["argv"]
         os.execvpe(argv[0], argv, msg["env"])
     except BaseException as exc:
