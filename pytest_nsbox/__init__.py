@@ -26,7 +26,10 @@ _EXPORTS = {
     "BoxClosed": "errors", "CgroupError": "errors", "CommandFailed": "errors",
     "HostNotSupported": "errors", "ImageError": "errors",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = ["Box", "BoxClosed", "BoxError", "BoxSpec", "CgroupError", "Change", "CommandFailed",
+           "HostNotSupported", "Image", "ImageError", "NsboxError", "Process", "RunResult",
+           "SpecError", "Stats"]
+assert sorted(__all__) == sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ inside hooks so ``pytest --help`` stays fast.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -243,8 +243,8 @@ def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Iterator[None]:
-    report: pytest.TestReport = yield
+                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
     item.stash.setdefault(reports_key, {})[report.when] = report
     boxes = item.stash.get(boxes_key, None)
     if boxes and report.failed and report.when in ("setup", "call"):
@@ -292,7 +292,7 @@ class BoxFactory:
                         f"boxes cannot be made from inside one", pytrace=False)
         base = self.base_spec()
         if not keys and name is None and not self.boxes and self.settings.pool_size > 0:
-            pooled = self.settings.pool.take(self.item.nodeid)
+            pooled: Box | None = self.settings.pool.take(self.item.nodeid)
             if pooled is not None:
                 self.boxes.append(pooled)
                 self.item.config.hook.pytest_nsbox_box_started(box=pooled)

@@ -49,14 +49,14 @@ class Zygote:
         try:
             self.spare = self.fork_spare()
             while True:
-                ready, _, _ = select.select([self.ctl, self.wake_r], [], [])
+                ready, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
                 if self.wake_r in ready:
                     try:
                         os.read(self.wake_r, 4096)
                     except BlockingIOError:
                         pass
                     self.reap()
-                if self.ctl in ready:
+                if self.ctl.fileno() in ready:
                     msg, fds = protocol.recv(self.ctl)
                     if msg is None:
                         return
