@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from .errors import (BoxClosed, BoxError, CgroupError, CommandFailed, HostNotSupported,
                          ImageError, NsboxError, SpecError)
     from .images.image import Image
+    from .network.errors import NetworkError, PortRefused, PortTimeout
     from .runtime.box import Box
     from .runtime.process import Process
     from .runtime.result import Change, RunResult
@@ -24,11 +25,12 @@ _EXPORTS = {
     "Change": "runtime.result", "Stats": "cgroups.base", "Image": "images.image",
     "BoxSpec": "spec", "NsboxError": "errors", "SpecError": "errors", "BoxError": "errors",
     "BoxClosed": "errors", "CgroupError": "errors", "CommandFailed": "errors",
-    "HostNotSupported": "errors", "ImageError": "errors",
+    "HostNotSupported": "errors", "ImageError": "errors", "NetworkError": "network.errors",
+    "PortTimeout": "network.errors", "PortRefused": "network.errors",
 }
 __all__ = ["Box", "BoxClosed", "BoxError", "BoxSpec", "CgroupError", "Change", "CommandFailed",
-           "HostNotSupported", "Image", "ImageError", "NsboxError", "Process", "RunResult",
-           "SpecError", "Stats"]
+           "HostNotSupported", "Image", "ImageError", "NetworkError", "NsboxError",
+           "PortRefused", "PortTimeout", "Process", "RunResult", "SpecError", "Stats"]
 assert sorted(__all__) == sorted(_EXPORTS)
 
 

@@ -170,6 +170,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 pass
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Collect what crashed runs left behind (dead owners' boxes, cgroups, networks)."""
+    settings = session.config.stash.get(_settings_key, None)
+    if settings is None or hasattr(session.config, "workerinput"):
+        return  # xdist workers: the controller collects
+    from . import isolate
+    from .errors import HostNotSupported
+    from .runtime.host import check_host
+
+    if isolate.inner():
+        return
+    try:
+        check_host()
+    except HostNotSupported:
+        return
+    from .gc import collect_at_session_start
+
+    host = settings.host
+    collect_at_session_start(host.dirs, host.cgroup_parent)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     settings = session.config.stash[_settings_key]
     settings.items = list(session.items)

@@ -556,10 +556,13 @@ def _check_combination(values: Mapping[str, Any],
 
     if values.get("jitter") is not None and values.get("latency") is None:
         raise error("jitter", "jitter needs a latency", "latency='50ms', jitter='10ms'")
-    if values.get("network") == "host":
+    if values.get("network") != "private":
         for key in SHAPING_KEYS:
             if values.get(key) is not None:
-                raise error(key, "cannot shape the host's network", "network='private'")
+                problem = ("cannot shape the host's network" if values.get("network") == "host"
+                           else "shaping needs a private network (network='none' is loopback "
+                                "only)")
+                raise error(key, problem, "network='private'")
     both = [c for c in values.get("cap_add", ()) if c in values.get("cap_drop", ())]
     if both:
         raise error("cap_add", f"{both[0]!r} is also in cap_drop (keep it in one of them)", None)

@@ -36,7 +36,7 @@ def no_leaks_around_the_suite() -> Iterator[None]:
     leaked = [c for c in set(nsbox_cgroups()) - cgroups_before
               if not any(c.endswith(f"nsbox-{box}") for box in others)]
     assert leaked == [], "nsbox cgroups left behind"
-    assert nsbox_mounts() == [], "nsbox mounts left in the host's mount table"
+    assert nsbox_mounts(run) == [], "nsbox mounts left in the host's mount table"
     if not others:  # counts are only meaningful when no other run shares the machine
         assert after == before, f"leaks around the suite: before {before}, after {after}"
 

@@ -26,9 +26,17 @@ def mount_lines() -> int:
         return sum(1 for _ in f)
 
 
-def nsbox_mounts() -> list[str]:
+def nsbox_mounts(run_dir: str | None = None) -> list[str]:
+    """Mounts naming nsbox, less the switch namespaces other live runs hold."""
+    foreign: set[str] = set()
+    if run_dir is not None:
+        from pytest_nsbox.network.leases import Leases, owner_alive
+
+        foreign = {lease.netns for lease in Leases(run_dir).held()
+                   if lease.owner_pid != os.getpid() and owner_alive(lease.owner_lock)}
     with open("/proc/self/mountinfo", encoding="utf-8") as f:
-        return [line for line in f if "nsbox" in line]
+        return [line for line in f
+                if "nsbox" in line and not any(f"/{name} " in line for name in foreign)]
 
 
 def net_namespaces() -> set[int]:

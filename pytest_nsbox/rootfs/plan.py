@@ -22,6 +22,10 @@ DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
 DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
              ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2"),
              ("ptmx", "pts/ptmx"))
+# This package's own folder: an editable install lives outside sys.prefix, and an isolated
+# test's inner pytest must import the plugin.
+PACKAGE_PARENT: str | None = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 INIT_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 # Docker's defaults (moby oci/defaults.go): hidden, and read-only, parts of /proc and /sys.
 MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
@@ -66,9 +70,7 @@ def host_binds(rootdir: str | None) -> list[Bind]:
     """What a ``host`` image box sees of the running test: rootdir and Python, read-only."""
     import sys
 
-    # This package's own folder too: an editable install lives outside sys.prefix.
-    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, rootdir, package_parent)
+    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, rootdir, PACKAGE_PARENT)
              if p}
     paths = {p for p in paths if os.path.isdir(p) and p != "/"}
     # A path inside another bound path is already visible.

@@ -16,6 +16,7 @@ import pytest
 
 import pytest_nsbox
 from pytest_nsbox.images.image import Image
+from pytest_nsbox.rootfs import plan
 from pytest_nsbox.rootfs.plan import (
     DEVICES,
     BoxDirs,
@@ -114,6 +115,20 @@ def fake_python(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setattr(sys, "prefix", str(prefix))
     monkeypatch.setattr(sys, "base_prefix", str(prefix))
     return prefix
+
+
+@pytest.fixture(autouse=True)
+def no_package_folder(monkeypatch: pytest.MonkeyPatch) -> None:
+    """host_binds also binds this checkout (editable install); the tests below fake a Python."""
+    monkeypatch.setattr(plan, "PACKAGE_PARENT", None)
+
+
+def test_host_binds_include_the_plugins_own_folder(fake_python: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(plan.__file__))))
+    monkeypatch.setattr(plan, "PACKAGE_PARENT", here)
+    assert Bind(source=os.path.realpath(here), target=os.path.realpath(here),
+                readonly=True) in host_binds(None)
 
 
 def test_host_binds_are_read_only_at_their_own_path(tmp_path: Path, fake_python: Path) -> None:

@@ -14,6 +14,7 @@ from pytest_nsbox.spec import (
     CAPABILITIES,
     EXAMPLES,
     KEYS,
+    SHAPING_KEYS,
     Bind,
     BoxSpec,
     merge_marker_kwargs,
@@ -132,7 +133,8 @@ def test_every_key_parsed() -> None:
     ("name", None, None),
 ])
 def test_good_value(key: str, value: object, expected: object) -> None:
-    spec = BoxSpec.from_kwargs({key: value})
+    extra = {"network": "private"} if key in SHAPING_KEYS else {}
+    spec = BoxSpec.from_kwargs({key: value, **extra})
     assert getattr(spec, key) == expected
 
 
@@ -306,7 +308,8 @@ def test_bad_binds(host_dir: str, binds: object, problem: str) -> None:
 def test_jitter_needs_latency() -> None:
     assert spec_error({"jitter": "10ms"}) == (
         "sandbox(jitter='10ms'): jitter needs a latency; use e.g. latency='50ms', jitter='10ms'")
-    assert BoxSpec.from_kwargs({"jitter": "10ms", "latency": "50ms"}).jitter == pytest.approx(0.01)
+    assert BoxSpec.from_kwargs({"jitter": "10ms", "latency": "50ms", "network": "private"}
+                               ).jitter == pytest.approx(0.01)
 
 
 @pytest.mark.parametrize("key", ["rate", "latency", "loss"])
@@ -314,8 +317,10 @@ def test_no_shaping_on_the_host_network(key: str) -> None:
     value = {"rate": "1mbit", "latency": "50ms", "loss": "1%"}[key]
     assert spec_error({"network": "host", key: value}) == (
         f"sandbox({key}={value!r}): cannot shape the host's network; use e.g. network='private'")
-    for network in ("none", "private"):
-        BoxSpec.from_kwargs({"network": network, key: value})
+    assert spec_error({key: value}) == (
+        f"sandbox({key}={value!r}): shaping needs a private network (network='none' is "
+        f"loopback only); use e.g. network='private'")
+    BoxSpec.from_kwargs({"network": "private", key: value})
 
 
 def test_capability_in_both_lists() -> None:

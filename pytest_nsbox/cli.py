@@ -1,0 +1,421 @@
+"""``python -m pytest_nsbox``: see, enter and clean up boxes from a shell.
+
+Subcommands: ``ps`` (live boxes), ``enter BOX [CMD...]`` (a shell inside a running box,
+like ``nsenter``), ``gc`` (remove what crashed runs left behind), ``images`` (the image
+store). Exit status: 0 done, 1 failed (one ``nsbox: ...`` line on stderr, no traceback),
+2 bad usage; ``enter`` exits with its command's status.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from . import gc
+from .errors import NsboxError
+from .state import StateDirs
+
+PROG = "python -m pytest_nsbox"
+#: Namespaces ``enter`` joins, with their setns flag names in ``syscalls.libc`` (the PID
+#: namespace is joined separately: it applies to the children of the caller).
+ENTER_NAMESPACES = (("cgroup", "CLONE_NEWCGROUP"), ("ipc", "CLONE_NEWIPC"),
+                    ("uts", "CLONE_NEWUTS"), ("net", "CLONE_NEWNET"), ("mnt", "CLONE_NEWNS"))
+BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HINT_GC = f"`{PROG} gc` removes it"
+NO_IMAGE_MANAGEMENT = (
+    "image management arrives with the image store's `images` module "
+    "(pytest_nsbox/images/manage.py), which this installation does not have yet; the "
+    "built-in images 'host', 'busybox' and 'scratch' need none")
+
+
+class CliError(NsboxError):
+    """An expected failure: its message is printed as one line, exit status 1."""
+
+
+# -- ps ----------------------------------------------------------------------------------------
+
+def format_age(seconds: float) -> str:
+    """``75`` -> ``1m15s``: the two largest units."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _memory(backend: Any, box: gc.BoxInfo) -> str:
+    from .units import format_size
+
+    if backend is None:
+        return "-"
+    try:
+        current = backend.open(box.cgroup).stats().memory_current
+    except (NsboxError, OSError):
+        return "-"
+    return "-" if current is None else format_size(current)
+
+
+def _table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                     for row in rows)
+
+
+def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
+    boxes = gc.scan_boxes(dirs)
+    live = [b for b in boxes if b.state == "live"]
+    if args.quiet:
+        for box in live:
+            print(box.id)
+        return 0
+    backend = _backend(args)
+    rows = [["ID", "NAME", "IMAGE", "OWNER", "AGE", "MEMORY"]]
+    for box in live:
+        rows.append([box.id, box.name or "-", box.image or "-", str(box.owner_pid or "-"),
+                     format_age(box.age), _memory(backend, box)])
+    print(_table(rows))
+    dead = sum(1 for b in boxes if b.garbage)
+    if dead:
+        hint = HINT_GC if dead == 1 else HINT_GC.replace("removes it", "removes them")
+        print(f"nsbox: {dead} box{'es' if dead != 1 else ''} of dead owners left behind; "
+              f"{hint}", file=sys.stderr)
+    return 0
+
+
+# -- enter -------------------------------------------------------------------------------------
+
+def find_box(dirs: StateDirs, ref: str) -> gc.BoxInfo:
+    """A box by id, name, or a unique prefix of either; running boxes before kept ones."""
+    if not ref:
+        raise CliError("enter: BOX is empty; give a box id or name (see `ps`)")
+    boxes = gc.scan_boxes(dirs, kept=True)
+
+    def keys(box: gc.BoxInfo) -> set[str]:
+        found = {box.id, box.name}
+        if box.state == "kept":
+            found.add(os.path.basename(box.path))
+        return {k for k in found if k}
+
+    def exact(box: gc.BoxInfo) -> bool:
+        return ref in keys(box)
+
+    def prefix(box: gc.BoxInfo) -> bool:
+        return any(k.startswith(ref) for k in keys(box))
+
+    pools = ([b for b in boxes if b.state != "kept"], [b for b in boxes if b.state == "kept"])
+    for match in (exact, prefix):
+        for pool in pools:
+            found = [b for b in pool if match(b)]
+            if len(found) == 1:
+                return found[0]
+            if found:
+                names = ", ".join(f"{b.id} ({b.name or '?'})" for b in found[:8])
+                raise CliError(f"box {ref!r} is ambiguous: it matches {names}; give more of "
+                               f"the id")
+    raise CliError(f"no box {ref!r} in {dirs.boxes} or {dirs.kept}; `{PROG} ps` lists the "
+                   f"running boxes")
+
+
+def init_pid(box: gc.BoxInfo, backend: Any) -> int:
+    """The host PID of the box's init: owner.json's ``pid``, else found in its cgroup."""
+    candidates = [box.init_pid] if box.init_pid else []
+    if backend is not None:
+        try:
+            candidates += backend.open(box.cgroup).pids()
+        except NsboxError:
+            pass
+    for pid in candidates:
+        if pid and gc.is_namespace_init(pid) and gc.in_cgroup(pid, box.cgroup):
+            return pid
+    raise CliError(f"box {box.id}: its init process is gone (the box is being torn down, or "
+                   f"its owner died: {HINT_GC})")
+
+
+def _kept_message(box: gc.BoxInfo) -> str:
+    return (f"box {box.id} ({box.name or '?'}) was kept after its test ended "
+            f"(--nsbox-keep): nothing runs in it, so there is nothing to enter.\n"
+            f"Its read-write layer (what the box changed against its image) is at\n"
+            f"  {box.upper}\n"
+            f"Look at it there; `{PROG} gc --kept` removes kept boxes.")
+
+
+def cmd_enter(args: argparse.Namespace, dirs: StateDirs) -> int:
+    box = find_box(dirs, args.box)
+    if box.state == "kept":
+        print(_kept_message(box))
+        return 1
+    if box.state == "starting":
+        raise CliError(f"box {box.id} is still being created; try again in a moment")
+    if box.state != "live":
+        raise CliError(f"box {box.id} ({box.name or '?'}) is not running: its owner "
+                       f"(pid {box.owner_pid or '?'}) is dead; {HINT_GC}")
+    argv = list(args.cmd)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    return enter(box, argv or ["/bin/sh"], _backend(args))
+
+
+def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
+    """Run ``argv`` in the box's namespaces, root and cgroup; returns its exit status.
+
+    Like ``nsenter -t PID -a -r`` plus joining the box's cgroup (so its limits apply and
+    its teardown kills what runs here). The command runs as the host's root with every
+    capability, not under the box's own confinement.
+    """
+    from .syscalls import libc
+
+    pid = init_pid(box, backend)
+    procs = backend.open(box.cgroup).procs_files() if backend is not None else []
+    fds: list[int] = []
+    try:
+        # Opened through a pidfd-checked /proc/<pid>: if the pid were reused meanwhile,
+        # the pidfd says so and nothing of another process is used.
+        pidfd = os.pidfd_open(pid)
+        fds.append(pidfd)
+        if not (gc.is_namespace_init(pid) and gc.in_cgroup(pid, box.cgroup)):
+            raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
+        proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        fds.append(proc)
+        ns = {name: os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+              for name, _flag in ENTER_NAMESPACES}
+        fds.extend(ns.values())
+        pidns = os.open("ns/pid", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+        fds.append(pidns)
+        root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc)
+        fds.append(root)
+        if select.select([pidfd], [], [], 0)[0]:
+            raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
+        env = {"PATH": BOX_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "dumb")}
+        if box.hostname:
+            env["HOSTNAME"] = box.hostname
+        # Children of this process are born in the box's PID namespace.
+        libc.setns(pidns, libc.CLONE_NEWPID)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        child = os.fork()
+        if child == 0:
+            _enter_child(box, argv, env, procs, ns, root)
+    except OSError as exc:
+        raise CliError(f"cannot enter box {box.id}: {exc.strerror or exc}"
+                       + (f": {exc.filename}" if exc.filename else "")) from None
+    finally:
+        for fd in fds:
+            os.close(fd)
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGQUIT)}
+    try:
+        _, status = os.waitpid(child, 0)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+def _enter_child(box: gc.BoxInfo, argv: list[str], env: dict[str, str], procs: list[str],
+                 ns: dict[str, int], root: int) -> None:
+    """In the forked child: join cgroup and namespaces, take the box's root, exec."""
+    from .syscalls import libc
+
+    step = "start"
+    try:
+        for sig in (signal.SIGINT, signal.SIGQUIT, signal.SIGPIPE, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_DFL)
+        step = "join its cgroup"
+        for path in procs:
+            fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
+        for name, flag in ENTER_NAMESPACES:
+            step = f"join its {name} namespace"
+            libc.setns(ns[name], getattr(libc, flag))
+        step = "enter its root"
+        os.fchdir(root)
+        os.chroot(".")
+        os.chdir("/")
+        step = f"run {argv[0]!r}"
+        os.execvpe(argv[0], argv, env)
+    except BaseException as exc:  # noqa: BLE001 - a forked child must never return
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        code = 126 if isinstance(exc, PermissionError) else 127 if isinstance(
+            exc, FileNotFoundError) else 125
+        try:
+            os.write(2, f"nsbox: enter {box.id}: cannot {step}: {reason}\n".encode())
+        finally:
+            os._exit(code)
+
+
+# -- gc ----------------------------------------------------------------------------------------
+
+def cmd_gc(args: argparse.Namespace, dirs: StateDirs) -> int:
+    try:
+        lines = gc.collect(dirs, dry_run=args.dry_run, cgroup_parent=args.cgroup_parent,
+                           kept=args.kept)
+    except gc.GcBusy:
+        raise CliError(f"another gc is running (it holds {dirs.run}/gc.lock); try again "
+                       f"later") from None
+    except gc.GcIncomplete as exc:
+        for line in exc.removed:
+            print(line)
+        for problem in exc.problems:
+            print(f"nsbox: gc: {problem}", file=sys.stderr)
+        return 1
+    for line in lines:
+        print(line)
+    if not lines:
+        print("nothing to collect")
+    return 0
+
+
+# -- images ------------------------------------------------------------------------------------
+
+def _manage() -> Any:
+    import importlib.util
+
+    if importlib.util.find_spec(f"{__package__}.images.manage") is None:
+        raise CliError(NO_IMAGE_MANAGEMENT)
+    from .images import manage
+
+    return manage
+
+
+def cmd_images(args: argparse.Namespace, dirs: StateDirs) -> int:
+    manage = _manage()
+    from .runtime import client
+    from .runtime import host as host_mod
+
+    # RUN steps of a build run in boxes of this process, over this store.
+    host = host_mod.Host(dirs=dirs, cgroup_parent=args.cgroup_parent)
+    host_mod.configure(host)
+    store = host.store
+    store.progress = lambda line: print(line, file=sys.stderr, flush=True)
+    try:
+        return _images(args, manage, store)
+    finally:
+        client.shutdown()
+        host.release_owner_lock()
+
+
+def _images(args: argparse.Namespace, manage: Any, store: Any) -> int:
+    from .units import format_size
+
+    action = args.images_action or "list"
+    if action == "list":
+        rows = [["REF", "ID", "BASE", "LAYERS", "SIZE", "CREATED"]]
+        for image in manage.list_images(store):
+            rows.append([",".join(image["tags"]) or "<none>",
+                         str(image["id"]).split(":")[-1][:12], image["base"] or "-",
+                         str(image["layers"]), format_size(int(image["size"])),
+                         image["created"] or "-"])
+        print(_table(rows))
+    elif action == "build":
+        image = manage.build(store, args.path)
+        print(f"built {image.ref} {image.id}")
+    elif action == "rm":
+        failed = 0
+        for ref in args.refs:
+            try:
+                for name in manage.remove(store, ref):
+                    print(f"removed {name}")
+            except NsboxError as exc:
+                print(f"nsbox: {exc}", file=sys.stderr)
+                failed += 1
+        return 1 if failed else 0
+    elif action == "prune":
+        layers = manage.prune(store)
+        for layer in layers:
+            print(f"removed layer {layer}")
+        if not layers:
+            print("nothing to prune")
+    return 0
+
+
+# -- main --------------------------------------------------------------------------------------
+
+def _backend(args: argparse.Namespace) -> Any:
+    """The cgroup backend, or None where this host has none (ps then shows no memory)."""
+    from .cgroups import detect
+
+    try:
+        return detect(parent=args.cgroup_parent)
+    except NsboxError:
+        return None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="See, enter and clean up pytest-nsbox boxes.",
+        epilog="Exit status: 0 done, 1 failed, 2 bad usage; enter: its command's status.")
+    p.add_argument("--store", metavar="DIR",
+                   help="image store (default /var/lib/nsbox, or $NSBOX_STORE)")
+    p.add_argument("--run", metavar="DIR",
+                   help="running boxes' directory (default /dev/shm/nsbox, else /run/nsbox, "
+                        "or $NSBOX_RUN)")
+    p.add_argument("--cgroup-parent", metavar="CGROUP",
+                   help="the nsbox_cgroup_parent the boxes were made under (default: root)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    ps = sub.add_parser("ps", help="list live boxes",
+                        description="Live boxes: id, name, image, owner pid, age, memory.")
+    ps.add_argument("-q", "--quiet", action="store_true", help="print only box ids")
+    ps.set_defaults(func=cmd_ps)
+
+    enter_p = sub.add_parser(
+        "enter", help="run a shell (or CMD) inside a running box, like nsenter",
+        description="Run CMD (default /bin/sh) inside a running box: its namespaces, its "
+                    "root and its cgroup, as root with every capability. BOX is an id, a "
+                    "name or a unique prefix of either. For a kept box, print where its "
+                    "read-write layer is.")
+    enter_p.add_argument("box", metavar="BOX")
+    enter_p.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER,
+                         help="command and arguments (after --, if they start with -)")
+    enter_p.set_defaults(func=cmd_enter)
+
+    gc_p = sub.add_parser(
+        "gc", help="remove what crashed runs left behind",
+        description="Remove boxes whose owner process is dead (their processes, cgroups, "
+                    "mounts and layers), stale owner locks, half-written image layers and "
+                    "network leftovers. Never touches a live owner's boxes.")
+    gc_p.add_argument("-n", "--dry-run", action="store_true",
+                      help="only say what would be removed")
+    gc_p.add_argument("--kept", action="store_true",
+                      help="also remove boxes kept for inspection (--nsbox-keep)")
+    gc_p.set_defaults(func=cmd_gc)
+
+    images = sub.add_parser("images", help="list, build, rm, prune images",
+                            description="The image store.")
+    images.set_defaults(func=cmd_images, images_action=None)
+    isub = images.add_subparsers(dest="images_action", metavar="ACTION")
+    isub.add_parser("list", help="list images (the default)")
+    build = isub.add_parser("build", help="build a fixtures image by name, or the "
+                                          "Containerfile at (or in) a path")
+    build.add_argument("path", metavar="NAME_OR_PATH")
+    rm = isub.add_parser("rm", help="remove tags or images (by id); layers stay until prune")
+    rm.add_argument("refs", metavar="REF", nargs="+")
+    isub.add_parser("prune", help="remove layers no image (and no running box) uses")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    dirs = StateDirs.default(store=args.store, run=args.run)
+    try:
+        return int(args.func(args, dirs))
+    except KeyboardInterrupt:
+        return 130
+    except NsboxError as exc:
+        print(f"nsbox: {exc}", file=sys.stderr)
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        hint = "; run as root" if isinstance(exc, PermissionError) and os.geteuid() else ""
+        print(f"nsbox: {args.command}: {exc.strerror or exc}{where}{hint}", file=sys.stderr)
+    return 1

@@ -1,0 +1,625 @@
+"""Garbage collection: remove what boxes of dead owners left behind.
+
+Like testcontainers' reaper, without a daemon. Every box records its owner in
+``<run>/boxes/<id>/owner.json``, including ``owner_lock``: a file its owner holds an
+exclusive ``flock`` on for its whole life. The kernel drops that lock when the owner dies,
+so whoever can take it knows the owner is gone (with no lock file, the owner's pid and its
+start time must still name a live process). ``collect`` removes, for dead owners only:
+
+- the box's cgroup (``nsbox-<id>``), killing whatever still runs in it first;
+- any mount below the box's directory, then the directory (read-write and init layers);
+- box cgroups (``nsbox-<hex id>``) with no box directory and no live box init in them;
+- ``<run>/owners/*.lock`` files nobody holds and no box refers to;
+- half-written image layers (``<store|run>/tmp/<key>.<rand>``) older than ten minutes whose
+  build lock is free (in the store, while no build holds the store lock either);
+- mounts of source ``nsbox`` in this mount namespace (boxes mount only in their own);
+- what the network module collects (switch namespaces, address leases), when it exists.
+
+It is safe to run at any time, next to running pytest sessions and next to itself: a live
+owner's boxes are never touched, and collectors take ``<run>/gc.lock`` in turn.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import inspect
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import NsboxError
+from .state import StateDirs, remove_tree
+
+#: A box directory without ``owner.json`` this old was abandoned half-created (a box writes
+#: it once its init is up, at most ``runtime.box.START_TIMEOUT`` (30 s) after the mkdir).
+HALF_CREATED_AGE = 60.0
+#: A cgroup with no box directory and nothing alive in it is garbage once this old.
+ORPHAN_CGROUP_AGE = 60.0
+#: Half-written layers older than this whose build lock is free are garbage.
+TMP_LAYER_AGE = 600.0
+#: An owner lock file younger than this may be between its creation and its flock.
+OWNER_LOCK_AGE = 10.0
+#: How long ``collect`` waits for another collector by default.
+LOCK_TIMEOUT = 60.0
+#: Killing a cgroup's processes and removing it, per box.
+DESTROY_TIMEOUT = 10.0
+#: The overlay mounts of boxes carry this source.
+MOUNT_SOURCE = "nsbox"
+
+_CGROUP_PREFIX = "nsbox-"
+#: A box cgroup: ``nsbox-`` and the box id (hex); other ``nsbox-*`` names are not boxes.
+_BOX_CGROUP = re.compile(r"nsbox-[0-9a-f]{6,64}\Z")
+
+
+class GcBusy(NsboxError):
+    """Another collector held ``<run>/gc.lock`` for longer than we would wait."""
+
+
+class GcIncomplete(NsboxError):
+    """Some leftovers could not be removed; ``removed`` lists what was, ``problems`` why not."""
+
+    def __init__(self, removed: list[str], problems: list[str]) -> None:
+        self.removed = removed
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+# -- owners ------------------------------------------------------------------------------------
+
+def start_time(pid: int) -> int | None:
+    """The start time (clock ticks since boot) of a live process; ``None`` if there is none."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (OSError, ValueError):
+        return None
+    try:
+        if fields[0] in ("Z", "X"):  # a zombie's fds, and locks, are gone
+            return None
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+def _open_lock(path: str) -> int | None:
+    """An fd on an existing lock file (``None`` if missing); never creates, never blocks."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, or not a plain file we may open: it tells us nothing
+        return None
+
+
+@contextmanager
+def _flocked(path: str) -> Iterator[bool | None]:
+    """Try an exclusive flock on ``path`` without waiting, and hold it for the block.
+
+    Yields True (taken: nobody else holds it), False (held by someone), None (no file).
+    """
+    fd = _open_lock(path)
+    if fd is None:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _exclusive(path: str, timeout: float) -> Iterator[None]:
+    """Hold an exclusive flock on ``path`` (created if missing), waiting up to ``timeout``.
+
+    The same lock ``filelock.FileLock`` takes on Unix, without its import cost at the
+    start of every session.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        deadline = time.monotonic() + timeout
+        delay = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+            if time.monotonic() >= deadline:
+                raise GcBusy(f"another gc holds {path}")
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+        yield
+    finally:
+        os.close(fd)
+
+
+def owner_alive(record: dict[str, Any]) -> bool:
+    """Whether the process that owns a box (its ``owner.json`` record) is still alive."""
+    lock = record.get("owner_lock")
+    if isinstance(lock, str) and lock:
+        with _flocked(lock) as taken:
+            if taken is not None:
+                return not taken
+    pid = record.get("owner_pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    started = start_time(pid)
+    if started is None:
+        return False
+    recorded = record.get("owner_start")
+    return not (isinstance(recorded, int) and recorded and recorded != started)
+
+
+# -- boxes -------------------------------------------------------------------------------------
+
+@dataclass
+class BoxInfo:
+    """One box directory and what its ``owner.json`` says.
+
+    ``state`` is ``live`` (its owner lives), ``dead`` (its owner died: garbage), ``starting``
+    (no owner.json yet, young), ``abandoned`` (no readable owner.json, old: garbage) or
+    ``kept`` (under ``<run>/kept/``: kept for inspection by ``--nsbox-keep``).
+    """
+
+    id: str
+    path: str
+    record: dict[str, Any] | None
+    state: str
+    age: float
+
+    @property
+    def name(self) -> str:
+        return str(self._get("name") or "")
+
+    @property
+    def image(self) -> str:
+        return str(self._get("image") or "")
+
+    @property
+    def hostname(self) -> str:
+        return str(self._get("hostname") or "")
+
+    @property
+    def owner_pid(self) -> int | None:
+        pid = self._get("owner_pid")
+        return pid if isinstance(pid, int) else None
+
+    @property
+    def owner_lock(self) -> str | None:
+        lock = self._get("owner_lock")
+        return lock if isinstance(lock, str) and lock else None
+
+    @property
+    def init_pid(self) -> int | None:
+        """The host PID of the box's init, when ``owner.json`` records it."""
+        pid = self._get("pid")
+        return pid if isinstance(pid, int) and pid > 0 else None
+
+    @property
+    def cgroup(self) -> str:
+        name = self._get("cgroup")
+        if isinstance(name, str) and name.startswith(_CGROUP_PREFIX) and "/" not in name:
+            return name
+        return _CGROUP_PREFIX + self.id
+
+    @property
+    def created(self) -> float | None:
+        created = self._get("created")
+        return float(created) if isinstance(created, (int, float)) else None
+
+    @property
+    def upper(self) -> str:
+        """The box's read-write layer."""
+        return os.path.join(self.path, "upper")
+
+    @property
+    def garbage(self) -> bool:
+        return self.state in ("dead", "abandoned")
+
+    def _get(self, key: str) -> Any:
+        return self.record.get(key) if self.record else None
+
+
+def _age(st: os.stat_result, now: float) -> float:
+    """Seconds since ``st`` last changed (the younger of mtime and ctime)."""
+    return now - max(st.st_mtime, st.st_ctime)
+
+
+def _read_record(path: str) -> dict[str, Any] | None:
+    try:
+        with open(os.path.join(path, "owner.json"), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
+    """Every box directory under ``<run>/boxes/`` (and ``<run>/kept/`` with ``kept``)."""
+    found: list[BoxInfo] = []
+    now = time.time()
+    tops = [(dirs.boxes, False)] + ([(dirs.kept, True)] if kept else [])
+    for top, is_kept in tops:
+        try:
+            entries = sorted(os.scandir(top), key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            record = _read_record(entry.path)
+            box_id = str(record.get("id") or "") if record else ""
+            if not box_id:
+                # kept dirs are named <label>-<id>; box dirs are the id itself
+                box_id = entry.name.rpartition("-")[2] if is_kept else entry.name
+            if is_kept:
+                state = "kept"
+            elif record is None:
+                state = "starting" if _age(st, now) < HALF_CREATED_AGE else "abandoned"
+            else:
+                state = "live" if owner_alive(record) else "dead"
+            created = record.get("created") if record else None
+            age = now - (created if isinstance(created, (int, float)) else st.st_mtime)
+            found.append(BoxInfo(box_id, entry.path, record, state, max(0.0, age)))
+    return found
+
+
+# -- processes and cgroups ---------------------------------------------------------------------
+
+def _status_field(pid: int, name: str) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == name:
+                    return value.split()
+    except OSError:
+        return None
+    return None
+
+
+def is_namespace_init(pid: int) -> bool:
+    """Whether ``pid`` is alive and PID 1 of a PID namespace below this one (a box's init)."""
+    nspid = _status_field(pid, "NSpid")
+    state = _status_field(pid, "State")
+    return bool(nspid and len(nspid) > 1 and nspid[-1] == "1"
+                and state and state[0] not in ("Z", "X"))
+
+
+def in_cgroup(pid: int, name: str) -> bool:
+    """Whether process ``pid`` is in a cgroup called ``name`` (any hierarchy)."""
+    try:
+        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
+            return any(line.rstrip("\n").endswith("/" + name) for line in f)
+    except OSError:
+        return False
+
+
+def _backend(cgroup_parent: str | None) -> Any:
+    from .cgroups import detect
+
+    return detect(parent=cgroup_parent)
+
+
+def _cgroup_age(cgroup: Any, now: float) -> float:
+    ages = []
+    for path in cgroup.paths:
+        try:
+            ages.append(_age(os.stat(path), now))
+        except OSError:
+            continue
+    return min(ages) if ages else 0.0
+
+
+# -- mounts ------------------------------------------------------------------------------------
+
+def _unescape(field: str) -> str:
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
+
+
+def _mounts() -> list[tuple[str, str]]:
+    """(mount point, source) of every mount in this mount namespace."""
+    found = []
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                fields = line.split()
+                try:
+                    sep = fields.index("-", 6)
+                    found.append((_unescape(fields[4]), _unescape(fields[sep + 2])))
+                except (ValueError, IndexError):
+                    continue
+    except OSError:
+        pass
+    return found
+
+
+def _unmount(point: str) -> None:
+    from .syscalls import libc
+
+    libc.umount2(point, libc.MNT_DETACH | libc.UMOUNT_NOFOLLOW)
+
+
+def _under(path: str, top: str) -> bool:
+    return path == top or path.startswith(top.rstrip("/") + "/")
+
+
+# -- the collector -----------------------------------------------------------------------------
+
+class _Collector:
+    def __init__(self, dirs: StateDirs, dry_run: bool, backend: Any) -> None:
+        self.dirs = dirs
+        self.dry_run = dry_run
+        self.backend = backend
+        self.removed: list[str] = []
+        self.problems: list[str] = []
+        self.held_locks: set[str] = set()
+        self.seen_cgroups: set[str] = set()
+        self.now = time.time()
+
+    def did(self, what: str) -> None:
+        self.removed.append(("would remove " if self.dry_run else "removed ") + what)
+
+    def act(self, what: str, action: Any, *args: Any) -> bool:
+        """Run ``action(*args)`` unless dry-running; record success or the problem."""
+        if self.dry_run:
+            self.did(what)
+            return True
+        try:
+            action(*args)
+        except (OSError, NsboxError) as exc:
+            self.problems.append(f"cannot remove {what}: {exc}")
+            return False
+        self.did(what)
+        return True
+
+    # boxes
+    def boxes(self) -> set[str]:
+        """Collect dead boxes; returns the ids whose directories remain."""
+        remaining: set[str] = set()
+        for box in scan_boxes(self.dirs):
+            # A record-less box with a live init is someone's, however old it looks.
+            unsure = box.state == "abandoned" and self._has_live_init(box.cgroup)
+            if box.garbage and not unsure and self.box(box):
+                continue
+            remaining.add(box.id)
+            if box.owner_lock:
+                self.held_locks.add(os.path.abspath(box.owner_lock))
+        return remaining
+
+    def _has_live_init(self, name: str) -> bool:
+        if self.backend is None:
+            return False
+        try:
+            cgroup = self.backend.open(name)
+            return any(is_namespace_init(pid) for pid in cgroup.pids())
+        except NsboxError:
+            return False
+
+    def box(self, box: BoxInfo) -> bool:
+        why = (f"owner pid {box.owner_pid} is dead" if box.state == "dead"
+               else "no owner.json: abandoned while being created")
+        ok = self.cgroup(box.cgroup, f"of box {box.id}")
+        for point, _source in sorted(_mounts(), key=lambda m: -len(m[0])):
+            if _under(point, box.path):
+                ok = self.act(f"mount {point} (unmounted)", _unmount, point) and ok
+        if not ok and not self.dry_run:
+            return False  # its directory stays, so the next gc finds the box again
+        return self.act(f"box {box.id} ({box.name or '?'}, {why}): {box.path}",
+                        remove_tree, box.path)
+
+    def cgroup(self, name: str, whose: str) -> bool:
+        self.seen_cgroups.add(name)
+        if self.backend is None:
+            return True
+        try:
+            cgroup = self.backend.open(name)
+        except NsboxError:
+            return True  # already gone
+        try:
+            pids = cgroup.pids()
+        except NsboxError as exc:
+            self.problems.append(f"cannot read cgroup {name}: {exc}")
+            return False
+        what = f"cgroup {name} {whose}"
+        if pids:
+            what += f" (killing {len(pids)} process{'es' if len(pids) != 1 else ''}: " \
+                    f"{' '.join(map(str, pids[:10]))}{' ...' if len(pids) > 10 else ''})"
+        return self.act(what, cgroup.destroy, DESTROY_TIMEOUT)
+
+    def orphan_cgroups(self, box_ids: set[str]) -> None:
+        """``nsbox-*`` cgroups with no box directory: a crash between teardown steps, or a
+        box of another run directory. Only those with no live box init in them go."""
+        if self.backend is None:
+            return
+        try:
+            names = self.backend.list(_CGROUP_PREFIX)
+        except NsboxError as exc:
+            self.problems.append(f"cannot list cgroups: {exc}")
+            return
+        for name in names:
+            if name[len(_CGROUP_PREFIX):] in box_ids or name in self.seen_cgroups:
+                continue
+            if not _BOX_CGROUP.match(name):
+                continue  # not a box's (e.g. a benchmark's ``nsbox-bench-...``): not ours
+
+            try:
+                cgroup = self.backend.open(name)
+                pids = cgroup.pids()
+            except NsboxError:
+                continue
+            if any(is_namespace_init(pid) for pid in pids):
+                continue  # a running box (of another run directory, or being torn down)
+            if not pids and _cgroup_age(cgroup, self.now) < ORPHAN_CGROUP_AGE:
+                continue  # maybe a box being created right now, its init not yet inside
+            self.cgroup(name, "(no box directory)")
+
+    # owner locks
+    def owner_locks(self, referenced: set[str]) -> None:
+        owners = os.path.join(self.dirs.run, "owners")
+        try:
+            entries = sorted(os.scandir(owners), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            if not entry.name.endswith(".lock") or os.path.abspath(entry.path) in referenced:
+                continue
+            # Named <pid>-<rand>.lock: while that pid lives and the file is young, its
+            # owner may be between creating the file and locking it.
+            pid = entry.name.partition("-")[0]
+            try:
+                young = _age(entry.stat(follow_symlinks=False), self.now) < OWNER_LOCK_AGE
+            except OSError:
+                continue
+            if young and (not pid.isdigit() or start_time(int(pid)) is not None):
+                continue
+            with _flocked(entry.path) as taken:
+                if taken:
+                    self.act(f"owner lock {entry.path} (its process is gone)",
+                             os.unlink, entry.path)
+
+    # half-written layers
+    def tmp_layers(self) -> None:
+        # Builds and imports hold the store lock shared while they run (``prune`` takes it
+        # exclusively, as we do here): a store tmp dir is only garbage when no build runs.
+        with _flocked(os.path.join(self.dirs.locks, "store.lock")) as store_free:
+            if store_free is not False:
+                self._tmp_layers(self.dirs.store)
+        if self.dirs.run != self.dirs.store:
+            self._tmp_layers(self.dirs.run)
+
+    def _tmp_layers(self, base: str) -> None:
+        """``<base>/tmp/<key>.<rand>``: old, and no build holds ``locks/layer-<key>.lock``."""
+        tmp = os.path.join(base, "tmp")
+        try:
+            entries = sorted(os.scandir(tmp), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            self.problems.append(f"cannot list {tmp}: {exc.strerror}")
+            return
+        for entry in entries:
+            try:
+                if _age(entry.stat(follow_symlinks=False), self.now) < TMP_LAYER_AGE:
+                    continue
+            except OSError:
+                continue
+            key = entry.name.rpartition(".")[0] or entry.name
+            with _flocked(os.path.join(self.dirs.locks, f"layer-{key}.lock")) as taken:
+                if taken is not False:  # False: being built right now
+                    self.act(f"half-written layer {entry.path}", remove_tree, entry.path)
+
+    # kept boxes
+    def kept(self) -> None:
+        for box in scan_boxes(self.dirs, kept=True):
+            if box.state == "kept":
+                self.act(f"kept box {box.id} ({box.name or '?'}): {box.path}",
+                         remove_tree, box.path)
+
+    # mounts
+    def mounts(self) -> None:
+        for point, source in sorted(_mounts(), key=lambda m: -len(m[0])):
+            if source == MOUNT_SOURCE:
+                self.act(f"mount {point} of source {MOUNT_SOURCE} (unmounted)", _unmount, point)
+
+    # network
+    def network(self) -> None:
+        """The network module's leftovers (switch namespaces, leases), when it exists."""
+        package = f"{__package__}.network"
+        try:
+            from . import network
+        except ImportError as exc:
+            # No network module: nothing of it to collect. One that exists but cannot load
+            # (a missing dependency) is a problem to report.
+            if exc.name is not None and exc.name not in (package, __package__):
+                self.problems.append(f"network leftovers not checked: {exc}")
+            return
+        collect_garbage: Any = getattr(network, "collect_garbage", None)
+        if collect_garbage is None:
+            return
+        try:
+            accepts_dry_run = "dry_run" in inspect.signature(collect_garbage).parameters
+        except (TypeError, ValueError):
+            accepts_dry_run = False
+        try:
+            if accepts_dry_run:
+                lines = collect_garbage(self.dirs, dry_run=self.dry_run)
+            elif self.dry_run:
+                self.removed.append("network leftovers: not listed in a dry run")
+                return
+            else:
+                lines = [f"removed {line}" for line in collect_garbage(self.dirs) or []]
+        except (OSError, NsboxError) as exc:
+            self.problems.append(f"network leftovers: {exc}")
+            return
+        self.removed.extend(str(line) for line in lines or [])
+
+
+def collect(dirs: StateDirs, *, dry_run: bool = False, cgroup_parent: str | None = None,
+            cgroups: Any = None, lock_timeout: float = LOCK_TIMEOUT,
+            kept: bool = False) -> list[str]:
+    """Remove everything whose owner is dead; returns one line per thing removed.
+
+    With ``dry_run`` nothing is removed and the lines say ``would remove``; with ``kept``
+    the boxes kept for inspection (``--nsbox-keep``) go too. ``cgroups`` is
+    the cgroup backend (default: ``detect(parent=cgroup_parent)``). Waits up to
+    ``lock_timeout`` seconds for another collector (``GcBusy`` after that). Raises
+    ``GcIncomplete`` (with ``removed`` and ``problems``) when something could not be removed.
+    """
+    from .errors import HostNotSupported
+
+    backend = cgroups
+    problems: list[str] = []
+    if backend is None:
+        try:
+            backend = _backend(cgroup_parent)
+        except HostNotSupported as exc:
+            problems.append(f"cgroups not checked: {exc}")
+    os.makedirs(dirs.run, 0o755, exist_ok=True)
+    with _exclusive(os.path.join(dirs.run, "gc.lock"), lock_timeout):
+        c = _Collector(dirs, dry_run, backend)
+        c.problems.extend(problems)
+        remaining = c.boxes()
+        c.orphan_cgroups(remaining)
+        c.mounts()
+        c.owner_locks(c.held_locks)
+        c.tmp_layers()
+        c.network()
+        if kept:
+            c.kept()
+    if c.problems:
+        raise GcIncomplete(c.removed, c.problems)
+    return c.removed
+
+
+def collect_at_session_start(dirs: StateDirs, cgroup_parent: str | None = None) -> None:
+    """``collect`` for the start of a pytest session: quick, quiet, never raises.
+
+    Skipped when another collector holds the lock (it is doing the same work); problems go
+    to stderr as one line each.
+    """
+    try:
+        collect(dirs, cgroup_parent=cgroup_parent, lock_timeout=0)
+    except GcBusy:
+        return
+    except GcIncomplete as exc:
+        for problem in exc.problems:
+            print(f"nsbox gc: {problem}", file=sys.stderr)
+    except Exception as exc:  # noqa: BLE001 - a session must start whatever gc meets
+        print(f"nsbox gc: skipped: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -1,0 +1,18 @@
+"""Networks of boxes: private networks, traffic shaping, and reaching a box from the test.
+
+- ``private``: ``network="private"``, a switch namespace per group with a bridge and one
+  veth pair per box, addresses from leased subnets (``leases``), names in ``/etc/hosts``.
+- ``shaping``: ``rate`` (tbf, both directions), ``latency``/``jitter``/``loss`` (netem).
+- ``reach``: ``Box.connect``, ``Box.wait_for_port``, ``Box.forward``.
+- ``gc``: ``collect_garbage(dirs)`` for what crashed runs left behind.
+
+pyroute2 (netlink) is imported only when a private network is built.
+"""
+from __future__ import annotations
+
+from .errors import NetworkError, PortRefused, PortTimeout
+from .gc import collect_garbage
+from .private import active, attach
+
+__all__ = ["NetworkError", "PortRefused", "PortTimeout", "active", "attach",
+           "collect_garbage"]

@@ -1,0 +1,156 @@
+"""Network namespaces without leaving the calling thread's: a short-lived thread enters one.
+
+Sockets (netlink ones too) belong to the namespace their creator was in when it made them,
+and a thread may ``setns`` its own network namespace without touching the rest of the
+process. So every operation on a namespace runs in a fresh thread that ``setns``es into it
+first; no Python code ever runs in a fork of the pytest process.
+
+Named namespaces (the private networks' switches) are made by hand like ``ip netns add``
+does, minus its ``mount --make-shared /run/netns``: a thread ``unshare``s a new namespace
+and bind-mounts ``/proc/thread-self/ns/net`` onto ``/run/netns/<name>``, so ``ip netns``
+lists it while it lives and the host's mount table gets back exactly what it had once it is
+removed.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, TypeVar
+
+from ..syscalls import libc
+from .errors import NetworkError
+
+if TYPE_CHECKING:
+    from ..runtime.box import Box
+
+T = TypeVar("T")
+
+NETNS_DIR = "/run/netns"
+#: Longest any one namespace operation (a few netlink requests) may take.
+OP_TIMEOUT = 30.0
+
+
+def run_in(ns_fd: int | None, fn: Callable[[], T], what: str,
+           timeout: float = OP_TIMEOUT) -> T:
+    """``fn()`` in a new thread inside the network namespace ``ns_fd`` (None: a new one).
+
+    Its result or exception comes back to the caller; ``what`` names the operation in the
+    error if the namespace cannot be entered or the thread does not finish in ``timeout``.
+    """
+    out: dict[str, object] = {}
+
+    def body() -> None:
+        try:
+            if ns_fd is None:
+                libc.unshare(libc.CLONE_NEWNET)
+            else:
+                libc.setns(ns_fd, libc.CLONE_NEWNET)
+        except OSError as exc:
+            out["error"] = NetworkError(f"{what}: cannot enter the network namespace: {exc}")
+            return
+        try:
+            out["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed whole to the caller's thread
+            out["error"] = exc
+
+    thread = threading.Thread(target=body, name=f"nsbox-netns: {what}"[:60], daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        raise NetworkError(f"{what}: did not finish within {timeout:g} s")
+    if "error" in out:
+        raise out["error"]  # type: ignore[misc]
+    return out.get("value")  # type: ignore[return-value]
+
+
+def named_path(name: str) -> str:
+    return os.path.join(NETNS_DIR, name)
+
+
+def create_named(name: str) -> int:
+    """A new network namespace bound at ``/run/netns/<name>``; returns an fd to it.
+
+    The caller closes the fd and calls ``remove_named``.
+    """
+    path = named_path(name)
+    os.makedirs(NETNS_DIR, 0o755, exist_ok=True)
+
+    def make() -> int:
+        fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+            try:
+                libc.mount("/proc/thread-self/ns/net", path, None, libc.MS_BIND)
+            except BaseException:
+                os.unlink(path)
+                raise
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    try:
+        return run_in(None, make, f"creating network namespace {name}")
+    except OSError as exc:
+        raise NetworkError(f"creating network namespace {name} at {path} failed: {exc}") from None
+
+
+def remove_named(name: str) -> bool:
+    """Unmount and delete ``/run/netns/<name>``; True if there was one. The namespace dies
+    with its last user (its interfaces, bridge and veths with it).
+
+    A mount namespace made while the name existed (a zygote's spare box) holds a copy of
+    the bind mount; deleting the file detaches such copies too (Linux >= 3.18), so no other
+    namespace keeps the switch alive.
+    """
+    path = named_path(name)
+    found = os.path.exists(path)
+    try:
+        libc.umount2(path, libc.MNT_DETACH)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOENT):
+            raise NetworkError(f"removing network namespace {name}: {exc}") from None
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise NetworkError(f"removing network namespace {name}: cannot delete {path}: "
+                           f"{exc.strerror}") from None
+    return found
+
+
+def list_named(prefix: str = "nsbox") -> list[str]:
+    try:
+        return sorted(n for n in os.listdir(NETNS_DIR) if n.startswith(prefix))
+    except FileNotFoundError:
+        return []
+
+
+def alive(box: Box) -> bool:
+    """The box is open and its init still runs (its pidfd is not readable yet)."""
+    if box.closed or box._pidfd < 0:
+        return False
+    poller = select.poll()
+    poller.register(box._pidfd, select.POLLIN)
+    return not poller.poll(0)
+
+
+def open_box_netns(box: Box) -> int:
+    """An fd to the box's network namespace, checked to belong to the box (not a reused PID)."""
+    from ..errors import BoxClosed
+
+    if not alive(box):
+        raise BoxClosed(f"box {box.name!r} is closed")
+    try:
+        fd = os.open(f"/proc/{box.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BoxClosed(f"box {box.name!r}: its init (pid {box.pid}) is gone: "
+                        f"{exc.strerror}") from None
+    if not alive(box):  # the PID could have been reused between the check and the open
+        os.close(fd)
+        raise BoxClosed(f"box {box.name!r}: its init has exited")
+    return fd
