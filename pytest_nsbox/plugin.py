@@ -52,6 +52,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("nsbox_cgroup_parent", HELP_CGROUP, default="")
     parser.addini("nsbox_images_dir", HELP_IMAGES_DIR, default="fixtures_images")
     parser.addini("nsbox_pool", HELP_POOL, default="0")
+    parser.addini("nsbox_insecure_registries", "registries (host:port) pulled from over plain "
+                  "http", type="linelist", default=[])
     for key in INI_DEFAULT_KEYS:
         parser.addini(f"nsbox_{key}", f"default for sandbox({key}=...)", default="")
 
@@ -113,6 +115,13 @@ class _Settings:
                                      run=ini("nsbox_run_dir") or None)
             self._host = host_mod.Host(dirs=dirs, rootdir=str(self.config.rootpath),
                                        cgroup_parent=ini("nsbox_cgroup_parent") or None)
+            store = self._host.store
+            store.images_dir = str(self.config.rootpath / (ini("nsbox_images_dir")
+                                                           or "fixtures_images"))
+            store.rootdir = str(self.config.rootpath)
+            store.insecure_registries = list(ini("nsbox_insecure_registries"))
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            store.progress = reporter.write_line if reporter is not None else None
             hook = self.config.hook
             self._host.store.resolvers.append(
                 lambda ref: hook.pytest_nsbox_resolve_image(ref=ref))
@@ -303,7 +312,7 @@ class BoxFactory:
 
     def __call__(self, name: str | None = None, **keys: Any) -> Box:
         from . import isolate
-        from .errors import HostNotSupported, SpecError
+        from .errors import HostNotSupported, ImageError, SpecError
         from .runtime.box import Box
         from .runtime.host import check_host
         from .spec import BoxSpec
@@ -336,7 +345,11 @@ class BoxFactory:
         except SpecError as exc:
             pytest.fail(f"{self.item.nodeid}: after pytest_nsbox_box_spec: {exc}", pytrace=False)
         label = self.item.name if not self.boxes else f"{self.item.name}-{len(self.boxes)}"
-        box = Box.from_spec(spec, host=self.settings.host, label=label, group=self.item.nodeid)
+        try:
+            box = Box.from_spec(spec, host=self.settings.host, label=label,
+                                group=self.item.nodeid)
+        except ImageError as exc:  # a broken Containerfile or pull: one line, not a traceback
+            pytest.fail(f"{self.item.nodeid}: {exc}", pytrace=False)
         self.boxes.append(box)
         self.item.config.hook.pytest_nsbox_box_started(box=box)
         return box
@@ -382,6 +395,14 @@ class Images:
 
     def get(self, ref: str) -> Any:
         return self.settings.host.store.get(ref)
+
+    def build(self, path_or_name: Any) -> Any:
+        """Build a fixtures image by name, or a Containerfile (a file or its folder)."""
+        return self.settings.host.store.build(path_or_name)
+
+    def load(self, path: Any) -> Any:
+        """Import a ``docker save`` tar, an OCI layout or an OCI archive."""
+        return self.settings.host.store.load(path)
 
 
 @pytest.fixture(scope="session")

@@ -242,9 +242,19 @@ def test_a_rate_tbf_cannot_do_fails_the_box_and_leaves_no_network(nsbox_factory)
     assert active() == []
 
 
-def test_shaping_a_box_without_a_private_network_is_refused(nsbox_factory):
-    with pytest.raises(BoxError, match=r"rate shapes the link of a private network.*'none'"):
-        nsbox_factory(network="none", rate="1mbit")
+def test_shaping_a_box_without_a_private_network_is_refused(pytester):
+    pytester.makepyfile("""
+        import pytest
+
+        @pytest.mark.sandbox(rate="1mbit")
+        def test_shaped(nsbox):
+            pass
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*::test_shaped: sandbox(rate='1mbit'): shaping needs a "
+                                 "private network (network='none' is loopback only); use e.g. "
+                                 "network='private'"])
 
 
 # -- reaching a box from the test ---------------------------------------------------------

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -9,8 +10,10 @@ class Image:
     """An image in the store. ``layers`` are layer ids bottom first (CONTRACT.md).
 
     ``layer_dirs`` are the host directories overlayfs stacks, bottom first. ``host_root``
-    marks the built-in ``host`` image, whose bottom layer is the host's own ``/``: a box of it
-    also gets the pytest rootdir and the running Python bound in read-only.
+    marks images based on the built-in ``host`` image, whose bottom layer is the host's own
+    ``/``: a box of it also gets the pytest rootdir and the running Python bound in
+    read-only. ``config`` is the image's OCI configuration (``None`` for the built-ins),
+    ``history`` its ``created_by`` records, bottom first.
     """
 
     ref: str
@@ -21,6 +24,18 @@ class Image:
     workdir: str = "/"
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     host_root: bool = False
+    history: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)
+    config: dict[str, Any] | None = field(default=None, hash=False, compare=False, repr=False)
+    store: Any = field(default=None, hash=False, compare=False, repr=False)
+
+    def save(self, path: str, format: str = "oci", *, tag: str | None = None) -> str:
+        """Write the image to ``path``: an OCI layout directory (``format="oci"``, gzip'd
+        layers, added to the layout if it exists) or a ``docker save`` tar
+        (``format="docker-archive"``). ``tag`` names it there (default: from ``ref``).
+        Returns ``path``."""
+        from . import oci
+
+        return oci.save(self, path, format=format, tag=tag)
 
     def __repr__(self) -> str:
-        return f"Image(ref={self.ref!r}, id={self.id[:12]!r}, layers={len(self.layers)})"
+        return f"Image(ref={self.ref!r}, id={self.id[:19]!r}, layers={len(self.layers)})"

@@ -1,35 +1,153 @@
 """The image store: content-addressed layer directories shared by every pytest process.
 
+Layout under the store directory (default ``/var/lib/nsbox``)::
+
+    layers/<id>/         a layer in overlay form; <id> is the sha256 of its canonical tar
+                         (its diff_id); the built-ins use their own keys
+    l/<16 hex>           short symlinks to layers/<id>: overlay's mount options hold one
+                         page, and short lower paths let ~100 layers fit instead of ~40
+    layerinfo/<id>.json  when and by what a layer was made, its size
+    images/<hex>.json    an image: its layers (bottom first), base, and OCI config
+    tags/<ref>.json      a name (``app``, ``127.0.0.1:5000/busybox:1``) -> image id
+    cache/<key>.json     Containerfile step cache: parent chain + instruction -> layer id
+    blobs/sha256/<hex>   blobs as imported or pulled (compressed layers, configs)
+    blobmap/<hex>.json   compressed blob digest -> layer id: a second pull downloads nothing
+    tmp/, locks/         builds in progress; one file lock per layer, step and blob
+
 A layer is built in a private temporary directory and renamed into place under a file
 lock, so concurrent processes (xdist workers) build it once and a crash never leaves a
-half-written layer where a box could use it.
+half-written layer where a box could use it. Builds and imports hold a shared lock on the
+store; ``prune`` takes it exclusively, so it never deletes a layer a build is making.
+
+Images based on ``host`` cannot use layers on the host root's filesystem (overlayfs refuses
+a lower layer below another lower layer of the same filesystem: "overlapping lowerdir"),
+so their layers are copied once per boot into the run directory (tmpfs), cached by id.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
+import json
 import os
+import re
 import secrets
-from collections.abc import Callable
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from filelock import FileLock
 
 from ..errors import ImageError
-from . import builtin
-from .image import Image
 from ..state import StateDirs, remove_tree
+from . import builtin, layers as layerfs
+from .image import Image
 
 LOCK_TIMEOUT = 600.0
+BUILD_LOCK_TIMEOUT = 1800.0
+# What overlayfs' mount data may hold (one page), less room for the box's own upper,
+# work and init directories.
+OVERLAY_DATA_MAX = 4096
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+BUILTIN = ("host", "busybox", "scratch")
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
+_HEX = re.compile(r"[0-9a-f]{12,64}\Z")
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def canonical_json(data: Any) -> bytes:
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
+
+
+def host_platform() -> tuple[str, str | None]:
+    """This host's OCI architecture (and variant)."""
+    import platform
+
+    machine = platform.machine().lower()
+    return {"x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64", "v8"),
+            "arm64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
+            "i686": ("386", None), "i386": ("386", None), "ppc64le": ("ppc64le", None),
+            "s390x": ("s390x", None), "riscv64": ("riscv64", None)}.get(machine, (machine, None))
+
+
+def write_json(path: str, data: Any) -> None:
+    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one)."""
+    tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+    os.rename(tmp, path)
+
+
+def read_json(path: str) -> Any:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{path}: unreadable store record ({exc}); remove it, or run "
+                         f"`python -m pytest_nsbox images prune`") from None
 
 
 class ImageStore:
-    """Resolves references to ``Image`` objects, building built-in layers on first use."""
+    """Resolves references to ``Image`` objects; builds, imports, pulls and records them.
 
-    def __init__(self, dirs: StateDirs) -> None:
+    Settings a caller (the plugin) may set: ``images_dir`` (the ``fixtures_images``
+    folder; default ``$NSBOX_IMAGES_DIR``, else ``./fixtures_images``), ``rootdir``
+    (relative ``oci:``/``docker-archive:`` paths start there; default the working
+    directory), ``insecure_registries`` (``host:port`` names reached over plain http),
+    ``progress`` (called with one line per build step and per pulled layer) and
+    ``run_timeout`` (seconds one ``RUN`` step may take).
+    """
+
+    def __init__(self, dirs: StateDirs, *, images_dir: str | None = None,
+                 insecure_registries: list[str] | None = None,
+                 progress: Callable[[str], None] | None = None) -> None:
         self.dirs = dirs
+        self.images_dir = images_dir
+        self.rootdir: str | None = None
+        self.insecure_registries: list[str] = list(insecure_registries or [])
+        self.progress = progress
+        self.run_timeout = 600.0
+        self.last_pull: dict[str, Any] = {}  # what the last pull downloaded (for tests, CLI)
         self._cache: dict[str, Image] = {}
+        self._building: list[str] = []
+        self._host_obj: Any = None
         # Asked in order for references the store does not know (the plugin adds the
         # ``pytest_nsbox_resolve_image`` hook here).
         self.resolvers: list[Callable[[str], Image | None]] = []
 
+    # -- paths ---------------------------------------------------------------------------
+    def path(self, *parts: str) -> str:
+        return os.path.join(self.dirs.store, *parts)
+
+    def fixtures_dir(self) -> str:
+        found = self.images_dir or os.environ.get("NSBOX_IMAGES_DIR") or "fixtures_images"
+        return os.path.abspath(os.path.join(self.rootdir or os.getcwd(), found))
+
+    def abspath(self, path: str) -> str:
+        return os.path.abspath(os.path.join(self.rootdir or os.getcwd(), path))
+
+    def say(self, line: str) -> None:
+        if self.progress is not None:
+            self.progress(line)
+
+    def log(self, line: str) -> None:
+        """One line in ``<store>/build.log``: what was built, when, by which process."""
+        os.makedirs(self.dirs.store, exist_ok=True)
+        data = f"{now_iso()} pid={os.getpid()} {line}\n".encode()
+        fd = os.open(self.path("build.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT
+                     | os.O_CLOEXEC, 0o644)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    # -- resolving references ------------------------------------------------------------
     def get(self, ref: str) -> Image:
         if not isinstance(ref, str) or not ref.strip():
             raise ImageError(f"image {ref!r}: not an image reference; use e.g. 'busybox'")
@@ -47,7 +165,20 @@ class ImageStore:
         if ref == "scratch":
             layer = self.layer("scratch-v1", lambda d: None)
             return Image(ref="scratch", id="sha256:" + "0" * 64, layers=("scratch-v1",),
-                         layer_dirs=(layer,))
+                         layer_dirs=(self.short_dir(layer),), store=self)
+        if ref.startswith(("oci:", "docker-archive:", "oci-archive:")):
+            from . import oci
+
+            return oci.load_ref(self, ref)
+        found = self.find(ref)
+        if found is not None:
+            return found
+        fixture = self.fixture_path(ref)
+        if fixture is not None:
+            return self.build(fixture, tag=ref)
+        tagged = self.find_tag(ref)
+        if tagged is not None:
+            return tagged
         for resolve in self.resolvers:
             image = resolve(ref)
             if image is not None:
@@ -55,14 +186,41 @@ class ImageStore:
                     raise ImageError(f"image {ref!r}: a resolver returned {image!r}, "
                                      f"not an Image")
                 return image
+        from . import registry
+
+        if registry.looks_like_registry_ref(ref):
+            return registry.pull(self, ref)
+        if not _NAME.match(ref):
+            raise ImageError(f"image {ref!r}: unknown; no image in the store has this name, and "
+                             f"a registry image needs its registry, e.g. "
+                             f"'registry.example:5000/{ref}'")
+        names = self.fixture_names()
+        fixtures = (f"; fixtures images in {self.fixtures_dir()}: {', '.join(names)}" if names
+                    else f"; no fixtures image {ref!r} in {self.fixtures_dir()} (a folder "
+                         f"{ref}/ holding a Containerfile)")
         raise ImageError(f"image {ref!r}: unknown; the built-in images are 'host', 'busybox' "
-                         f"and 'scratch'")
+                         f"and 'scratch'{fixtures}; a registry image needs its registry, e.g. "
+                         f"'registry.example:5000/{ref}:latest'")
+
+    def fixture_path(self, name: str) -> str | None:
+        if not _NAME.match(name):
+            return None
+        folder = os.path.join(self.fixtures_dir(), name)
+        return folder if os.path.isfile(os.path.join(folder, "Containerfile")) else None
+
+    def fixture_names(self) -> list[str]:
+        try:
+            names = os.listdir(self.fixtures_dir())
+        except OSError:
+            return []
+        return sorted(n for n in names if self.fixture_path(n))
 
     def _busybox(self) -> Image:
         binary = builtin.find_busybox()
         key = builtin.busybox_key(binary)
         layer = self.layer(key, lambda d: builtin.build_busybox(d, binary))
-        return Image(ref="busybox", id="sha256:" + key, layers=(key,), layer_dirs=(layer,),
+        return Image(ref="busybox", id="sha256:" + key, layers=(key,),
+                     layer_dirs=(self.short_dir(layer),), store=self,
                      env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
     def _host(self) -> Image:
@@ -71,9 +229,23 @@ class ImageStore:
         # layer below another lower layer of the same filesystem ("overlapping lowerdir").
         layer = self.layer(key, lambda d: builtin.build_host_mask(d, masked), volatile=True)
         return Image(ref="host", id="sha256:" + key, layers=("host", key),
-                     layer_dirs=("/", layer), host_root=True,
-                     env={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"})
+                     layer_dirs=("/", self.short_dir(layer)), host_root=True, store=self,
+                     env={"PATH": HOST_PATH})
 
+    def host_fingerprint(self) -> str:
+        """What a build step on ``host`` depends on: the mask, and the host's packages
+        (so an ``apt-get install`` on the host invalidates cached steps)."""
+        key, _masked = builtin.host_mask_key("/")
+        h = hashlib.sha256(f"host\0{key}".encode())
+        for path in ("/var/lib/dpkg/status", "/var/lib/rpm/rpmdb.sqlite", "/lib/apk/db/installed"):
+            try:
+                st = os.stat(path)
+            except OSError:
+                continue
+            h.update(f"\0{path}\0{st.st_size}\0{st.st_mtime_ns}".encode())
+        return h.hexdigest()
+
+    # -- layers --------------------------------------------------------------------------
     def layer(self, key: str, build: Callable[[str], None], *, volatile: bool = False) -> str:
         """The directory of layer ``key``, built once by ``build(tmpdir)`` if missing."""
         base = self.dirs.run if volatile else self.dirs.store
@@ -96,8 +268,362 @@ class ImageStore:
                 raise
         return final
 
+    def new_tmp(self, what: str) -> str:
+        """A private empty directory on the store's filesystem, for a layer being made."""
+        os.makedirs(self.path("tmp"), exist_ok=True)
+        tmp = self.path("tmp", f"{what}.{secrets.token_hex(6)}")
+        os.mkdir(tmp, 0o755)
+        return tmp
+
+    def add_layer(self, tmp: str, created_by: str, diff_id: str | None = None,
+                  created: str | None = None, blob: dict[str, Any] | None = None) -> str:
+        """Move the finished layer directory ``tmp`` into the store; returns its id.
+
+        The id is its diff_id (the sha256 of its tar): given, for an imported tar, or
+        computed from the canonical tar of the directory.
+        """
+        try:
+            did = diff_id or layerfs.diff_id(tmp)
+            lid = did.split(":", 1)[1]
+            final = self.path("layers", lid)
+            os.makedirs(self.path("layers"), exist_ok=True)
+            os.makedirs(self.path("layerinfo"), exist_ok=True)
+            os.makedirs(self.dirs.locks, exist_ok=True)
+            with FileLock(os.path.join(self.dirs.locks, f"layer-{lid}.lock"),
+                          timeout=LOCK_TIMEOUT):
+                if os.path.isdir(final):
+                    remove_tree(tmp)
+                else:
+                    write_json(self.path("layerinfo", f"{lid}.json"),
+                               {"id": lid, "diff_id": did, "created": created or now_iso(),
+                                "created_by": created_by, "size": layerfs.tree_size(tmp),
+                                "blob": blob})
+                    os.rename(tmp, final)
+        except BaseException:
+            if os.path.isdir(tmp):
+                remove_tree(tmp)
+            raise
+        return lid
+
+    def layer_info(self, lid: str) -> dict[str, Any]:
+        return read_json(self.path("layerinfo", f"{lid}.json")) or {}
+
+    def layer_path(self, lid: str) -> str:
+        path = self.path("layers", lid)
+        if not os.path.isdir(path):
+            raise ImageError(f"layer {lid[:12]} is missing from the store {self.dirs.store} "
+                             f"(pruned or removed by hand); build or pull the image again")
+        return path
+
+    def diff_id_of(self, lid: str) -> str:
+        """The diff_id of a layer (for the built-ins, computed once and remembered)."""
+        info = self.layer_info(lid)
+        if info.get("diff_id"):
+            return str(info["diff_id"])
+        path = self.path("layers", lid)
+        did = layerfs.diff_id(path)
+        os.makedirs(self.path("layerinfo"), exist_ok=True)
+        write_json(self.path("layerinfo", f"{lid}.json"),
+                   {"id": lid, "diff_id": did, "created": "1970-01-01T00:00:00Z",
+                    "created_by": f"nsbox built-in layer {lid[:12]}", "builtin": True,
+                    "size": layerfs.tree_size(path)})
+        return did
+
+    def short_dir(self, final: str) -> str:
+        """A short path (``<base>/l/<16 hex>``) to the layer directory ``final``."""
+        base = os.path.dirname(os.path.dirname(final))
+        key = os.path.basename(final)
+        short = os.path.join(base, "l", hashlib.sha256(key.encode()).hexdigest()[:16])
+        target = os.path.join("..", "layers", key)
+        try:
+            if os.readlink(short) == target:
+                return short
+            return final  # a prefix collision: use the long path
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return final
+        os.makedirs(os.path.dirname(short), exist_ok=True)
+        tmp = f"{short}.{secrets.token_hex(4)}"
+        os.symlink(target, tmp)
+        os.rename(tmp, short)
+        return short
+
+    def run_copy(self, lid: str) -> str:
+        """Layer ``lid`` copied into the run directory (for images based on ``host``)."""
+        src = self.layer_path(lid)
+        return self.layer(lid, lambda d: layerfs.copy_tree(src, d), volatile=True)
+
+    # -- images --------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def using(self, exclusive: bool = False) -> Iterator[None]:
+        """Hold the store: shared for builds and imports, exclusive for ``prune``."""
+        os.makedirs(self.dirs.locks, exist_ok=True)
+        fd = os.open(os.path.join(self.dirs.locks, "store.lock"),
+                     os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            deadline = time.monotonic() + BUILD_LOCK_TIMEOUT
+            op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            while True:
+                try:
+                    fcntl.flock(fd, op | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ImageError(f"the image store {self.dirs.store} stayed locked for "
+                                         f"{BUILD_LOCK_TIMEOUT:.0f} s (a build or prune "
+                                         f"elsewhere)") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)
+
+    def make_config(self, *, parent: Image | None, layer_ids: list[str],
+                    env: dict[str, str], workdir: str, labels: dict[str, str],
+                    history: list[dict[str, Any]]) -> dict[str, Any]:
+        """The OCI image configuration of an image made here."""
+        arch, variant = host_platform()
+        inherited = dict((parent.config or {}).get("config") or {}) if parent else {}
+        inherited["Env"] = [f"{k}={v}" for k, v in env.items()]
+        inherited["WorkingDir"] = workdir
+        if labels:
+            inherited["Labels"] = dict(labels)
+        else:
+            inherited.pop("Labels", None)
+        created = [str(h["created"]) for h in history if h.get("created")]
+        config: dict[str, Any] = {
+            "created": max(created) if created else "1970-01-01T00:00:00Z",
+            "architecture": arch, "os": "linux", "config": inherited,
+            "rootfs": {"type": "layers", "diff_ids": [self.diff_id_of(i) for i in layer_ids]},
+            "history": history,
+        }
+        if variant and arch != "arm64":
+            config["variant"] = variant
+        return config
+
+    def put_image(self, *, ref: str | None, base: str | None, layer_ids: list[str],
+                  config: dict[str, Any], config_digest: str | None = None,
+                  tags: list[str] | None = None) -> Image:
+        """Record an image; ``config_digest`` when its config came as a blob (imports)."""
+        raw = canonical_json(config)
+        if base == "host":
+            image_id = "sha256:" + hashlib.sha256(b"nsbox-host-based\0" + raw).hexdigest()
+        elif config_digest:
+            image_id = config_digest
+        else:
+            image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
+            self.put_blob(image_id, raw)
+        record = {"id": image_id, "base": base, "layers": layer_ids, "config": config,
+                  "config_digest": config_digest or (None if base else image_id)}
+        hexid = image_id.split(":", 1)[1]
+        path = self.path("images", f"{hexid}.json")
+        os.makedirs(self.path("images"), exist_ok=True)
+        if read_json(path) != record:
+            write_json(path, record)
+        for tag in tags or []:
+            self.tag(image_id, tag)
+        image = self.image_from_record(record, ref or image_id)
+        if ref:
+            self._cache.pop(ref, None)
+        return image
+
+    def image_from_record(self, record: dict[str, Any], ref: str) -> Image:
+        return self.assemble(ref=ref, image_id=record["id"], base=record.get("base"),
+                             ids=list(record["layers"]), config=record.get("config") or {})
+
+    def assemble(self, *, ref: str, image_id: str, base: str | None, ids: list[str],
+                 config: dict[str, Any]) -> Image:
+        """An ``Image`` of layers ``ids`` over ``base`` (None, or ``"host"``)."""
+        conf = config.get("config") or {}
+        env = {}
+        for item in conf.get("Env") or []:
+            key, _, value = str(item).partition("=")
+            env[key] = value
+        if base == "host":
+            host = self._host()
+            layer_ids = [*host.layers, *ids]
+            dirs = [*host.layer_dirs, *(self.short_dir(self.run_copy(i)) for i in ids)]
+        elif base is None:
+            layer_ids = ids
+            dirs = [self.short_dir(self._stored_layer(i)) for i in ids]
+        else:
+            raise ImageError(f"image {ref!r}: unknown base {base!r} in its store record")
+        # A layer listed twice (empty layers often are) would make overlayfs refuse the
+        # mount; its lower copy changes nothing, so only the topmost one is stacked.
+        dirs = [d for i, d in enumerate(dirs) if d not in dirs[i + 1:]]
+        needed = sum(len(d) + 1 for d in dirs) + 3 * (len(self.dirs.boxes) + 32) + 64
+        if needed > OVERLAY_DATA_MAX:
+            raise ImageError(f"image {ref!r}: its {len(dirs)} layers do not fit in one overlay "
+                             f"mount (the kernel takes {OVERLAY_DATA_MAX} bytes of mount options "
+                             f"and these need {needed}); use fewer RUN/COPY steps (join RUN "
+                             f"commands with &&) or a shorter store directory")
+        return Image(ref=ref, id=image_id, layers=tuple(layer_ids), layer_dirs=tuple(dirs),
+                     env=env, workdir=conf.get("WorkingDir") or "/",
+                     labels=dict(conf.get("Labels") or {}), host_root=base == "host",
+                     history=tuple(config.get("history") or ()), config=config, store=self)
+
+    def _stored_layer(self, lid: str) -> str:
+        if lid == "scratch-v1":
+            return self.layer("scratch-v1", lambda d: None)
+        path = self.path("layers", lid)
+        if not os.path.isdir(path):
+            return self.layer_path(lid)  # raises, naming the layer
+        return path
+
+    def record(self, image_id: str) -> dict[str, Any] | None:
+        hexid = image_id.split(":", 1)[-1]
+        return read_json(self.path("images", f"{hexid}.json"))  # type: ignore[no-any-return]
+
+    def records(self) -> list[dict[str, Any]]:
+        try:
+            names = sorted(os.listdir(self.path("images")))
+        except FileNotFoundError:
+            return []
+        out = []
+        for name in names:
+            if name.endswith(".json"):
+                rec = read_json(self.path("images", name))
+                if rec:
+                    out.append(rec)
+        return out
+
+    def find(self, ref: str) -> Image | None:
+        """An image by id: ``sha256:<hex>``, or a unique prefix of 12 hex digits or more."""
+        hexid = ref[7:] if ref.startswith("sha256:") else ref
+        if not _HEX.match(hexid):
+            return None
+        if len(hexid) == 64:
+            rec = self.record(hexid)
+            return self.image_from_record(rec, ref) if rec else None
+        try:
+            names = [n for n in os.listdir(self.path("images")) if n.startswith(hexid)]
+        except FileNotFoundError:
+            return None
+        if len(names) > 1:
+            raise ImageError(f"image {ref!r}: the prefix matches {len(names)} images; give more "
+                             f"digits")
+        if names:
+            rec = read_json(self.path("images", names[0]))
+            return self.image_from_record(rec, ref) if rec else None
+        return None
+
+    # -- tags ----------------------------------------------------------------------------
+    def _tag_path(self, ref: str) -> str:
+        return self.path("tags", urllib.parse.quote(ref, safe="") + ".json")
+
+    def tag(self, image_id: str, ref: str) -> None:
+        os.makedirs(self.path("tags"), exist_ok=True)
+        path = self._tag_path(ref)
+        data = {"ref": ref, "id": image_id}
+        if read_json(path) != data:
+            write_json(path, data)
+        self._cache.pop(ref, None)
+
+    def untag(self, ref: str) -> bool:
+        try:
+            os.unlink(self._tag_path(ref))
+        except FileNotFoundError:
+            return False
+        self._cache.pop(ref, None)
+        return True
+
+    def tags(self) -> dict[str, str]:
+        """Every tag and the id it names."""
+        try:
+            names = os.listdir(self.path("tags"))
+        except FileNotFoundError:
+            return {}
+        out = {}
+        for name in names:
+            if name.endswith(".json"):
+                data = read_json(self.path("tags", name))
+                if data:
+                    out[data["ref"]] = data["id"]
+        return out
+
+    def find_tag(self, ref: str) -> Image | None:
+        names = [ref, f"{ref}:latest"]
+        from . import registry
+
+        try:
+            names.append(str(registry.Reference.parse(ref)))  # docker.io/library/x:latest
+        except ImageError:
+            pass
+        for name in names:
+            data = read_json(self._tag_path(name))
+            if data:
+                rec = self.record(data["id"])
+                if rec:
+                    return self.image_from_record(rec, ref)
+        return None
+
+    # -- blobs ---------------------------------------------------------------------------
+    def blob_path(self, digest: str) -> str:
+        algo, _, hexd = digest.partition(":")
+        if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexd):
+            raise ImageError(f"digest {digest!r}: not a sha256 digest (sha256:<64 hex>)")
+        return self.path("blobs", "sha256", hexd)
+
+    def put_blob(self, digest: str, data: bytes) -> None:
+        path = self.blob_path(digest)
+        if os.path.exists(path):
+            return
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.rename(tmp, path)
+
+    def blob_layer(self, digest: str) -> str | None:
+        """The layer a compressed blob unpacked to, if it is still in the store."""
+        data = read_json(self.path("blobmap", digest.split(":", 1)[-1] + ".json"))
+        if data and os.path.isdir(self.path("layers", data["layer"])):
+            return str(data["layer"])
+        return None
+
+    def map_blob(self, digest: str, lid: str, media_type: str) -> None:
+        os.makedirs(self.path("blobmap"), exist_ok=True)
+        write_json(self.path("blobmap", digest.split(":", 1)[-1] + ".json"),
+                   {"digest": digest, "layer": lid, "mediaType": media_type})
+
+    # -- front doors ---------------------------------------------------------------------
+    def build(self, path_or_name: str | os.PathLike[str], tag: str | None = None) -> Image:
+        """Build a fixtures image by name, or the Containerfile at (or in) a path."""
+        from . import build
+
+        return build.build(self, os.fspath(path_or_name), tag=tag)
+
+    def load(self, path: str | os.PathLike[str], tag: str | None = None) -> Image:
+        """Import a ``docker save`` tar, an OCI layout directory or an OCI archive."""
+        from . import oci
+
+        return oci.load_path(self, self.abspath(os.fspath(path)), tag=tag)
+
+    def pull(self, ref: str) -> Image:
+        """Pull ``ref`` from its registry (layers already here are not downloaded)."""
+        from . import registry
+
+        image = registry.pull(self, ref)
+        self._cache[ref] = image
+        return image
+
     def remove_layer(self, key: str) -> None:
         for base in (self.dirs.store, self.dirs.run):
             path = os.path.join(base, "layers", key)
             if os.path.isdir(path):
                 remove_tree(path)
+
+
+def own_layers(image: Image) -> list[str]:
+    """The layers an image records itself: all of them, or those above ``host``'s two."""
+    return list(image.layers[2:] if image.host_root else image.layers)
+
+
+def base_history(image: Image) -> list[dict[str, Any]]:
+    """The history of ``image`` to start a new one from (one entry per layer it records)."""
+    if image.config is not None:
+        return [dict(h) for h in image.history]
+    if image.host_root:
+        return []
+    return [{"created": "1970-01-01T00:00:00Z", "created_by": f"nsbox built-in {image.ref}"}
+            for _ in image.layers]

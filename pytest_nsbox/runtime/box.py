@@ -339,6 +339,12 @@ class Box:
         # The init layer is part of what the box started from, not a change it made.
         return rootfs_diff.changes(self.dirs.upper, [*self.image.layer_dirs, self.dirs.init])
 
+    def commit(self, tag: str | None = None) -> Image:
+        """A new image whose top layer is this box's read-write layer (CONTRACT.md)."""
+        from ..images.commit import commit_box
+
+        return commit_box(self, tag)
+
     def stats(self) -> Stats:
         if self._closed:
             if self.final_stats is None:

@@ -1,0 +1,52 @@
+"""``Box.commit()``: a new image whose top layer is the box's read-write layer.
+
+The read-write (upper) directory is copied into the store while the box still runs (its
+teardown deletes it), with deletions kept as whiteouts and replaced directories as opaque
+ones. The init layer (``/etc/hosts``, ``/etc/hostname``, ``/etc/resolv.conf``) is a lower
+layer of its own and never part of it; a box's own writes to those three files are left
+out too, as ``docker commit`` does.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import ImageError
+from . import layers as layerfs
+from .build import INIT_FILES
+from .image import Image
+from .store import base_history, own_layers
+
+
+def commit_box(box: Any, tag: str | None = None) -> Image:
+    store = box._host.store
+    image: Image = box.image
+    upper = box.dirs.upper
+    if getattr(box, "closed", False) or not os.path.isdir(upper):
+        raise ImageError(f"box {box.name!r}: cannot commit a closed box; its read-write "
+                         f"layer is gone (commit before the test ends)")
+    if tag is not None and (not isinstance(tag, str) or not tag.strip()
+                            or any(c.isspace() for c in tag)):
+        raise ImageError(f"commit(tag={tag!r}): not an image name; use e.g. 'myapp:v1'")
+    with store.using():
+        tmp = store.new_tmp("commit")
+        try:
+            layerfs.copy_tree(upper, tmp, skip=INIT_FILES)
+        except BaseException:
+            from ..state import remove_tree
+
+            remove_tree(tmp)
+            raise
+        created_by = f"nsbox commit of box {box.name}"
+        lid = store.add_layer(tmp, created_by=created_by)
+        ids = [*own_layers(image), lid]
+        info = store.layer_info(lid)
+        history = [*base_history(image),
+                   {"created": info.get("created") or "1970-01-01T00:00:00Z",
+                    "created_by": created_by}]
+        config = store.make_config(parent=image, layer_ids=ids, env=dict(image.env),
+                                   workdir=image.workdir, labels=dict(image.labels),
+                                   history=history)
+        made: Image = store.put_image(ref=tag, base="host" if image.host_root else None,
+                               layer_ids=ids, config=config, tags=[tag] if tag else [])
+        return made
