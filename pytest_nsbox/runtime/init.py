@@ -146,14 +146,36 @@ def _confine(confine: dict[str, Any]) -> None:
     keep = confine.get("caps")
     if keep is not None:
         _KEEP = list(keep)
-        caps.drop_bounding(keep, caps.last_cap())
+        caps.drop_bounding(keep, _LAST_CAP or caps.last_cap())
         # The init keeps SETUID/SETGID for `run(user=...)` even when the box drops them;
         # with no_new_privs a root exec gets no more than the bounding set: exactly keep.
         caps.limit(set(keep) | {caps.SETUID, caps.SETGID})
     if confine.get("no_new_privs"):
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if confine.get("seccomp"):
-        seccomp.install(seccomp.build(caps=keep or ()))
+        seccomp.install(_filter(keep or ()))
+
+
+_FILTERS: dict[tuple[int, ...], bytes] = {}
+
+
+def _filter(keep: list[int] | tuple[int, ...]) -> bytes:
+    """The seccomp program for these capabilities; the zygote builds the default one once."""
+    key = tuple(sorted(keep))
+    program = _FILTERS.get(key)
+    if program is None:
+        program = _FILTERS[key] = seccomp.build(caps=key)
+    return program
+
+
+_LAST_CAP = 0
+
+
+def warm() -> None:
+    """Work every box would repeat, done once in the zygote before it forks any."""
+    global _LAST_CAP
+    _LAST_CAP = caps.last_cap()
+    _filter(caps.resolve([], [], False))
 
 
 def _write(path: str, data: str) -> None:

@@ -158,6 +158,7 @@ def main(argv: list[str]) -> None:
     # owner may spawn us from any thread. EOF on the control socket is the owner's death.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     libc.set_comm("nsbox-init")
+    init.warm()
     # Everything imported so far is shared with every box: keep the collector from
     # touching (and so copying) those pages in the children.
     gc.freeze()
