@@ -139,7 +139,9 @@ def test_gc_dry_run_removes_nothing():
             owner.kill()
             owner.wait()
         result = cli("gc")
-        assert f"removed box {box_id}" in result.stdout, result.stderr
+        # (another pytest session starting on this machine may have collected it first)
+        assert f"removed box {box_id}" in result.stdout or "nothing to collect" in \
+            result.stdout, result.stderr
     assert not os.path.exists(box_dir)
     assert not cgroup_exists(box_id)
 
