@@ -1,0 +1,146 @@
+"""Generated pytest suites: N trivial tests with a box each, and the same N without.
+
+Both run through ``python -m pytest`` in a directory of their own under the workspace, so
+what is timed is what a user's suite pays: the plugin, the fixture, the box. The overhead
+per sandboxed test is ``(t_box - t_plain) / N``; pytest's own start-up cancels out. A
+conftest records each test's setup duration (what a test waits for its box; the warm
+pool's effect shows there) into a JSON file named by ``NSBOX_BENCH_SETUP_LOG``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+INI = """\
+[pytest]
+addopts = -p no:cacheprovider -p no:hypothesispytest
+"""
+
+CONFTEST = '''\
+import json
+import os
+
+_log = {"setup": [], "call": [], "teardown": [], "start": [], "marks": []}
+
+
+def pytest_runtest_logreport(report):
+    _log[report.when].append(report.duration)
+
+
+def pytest_nsbox_box_started(box):
+    marks = getattr(box, "start_marks", None)
+    if marks:
+        _log["start"].append(marks[-1][1] - marks[0][1])
+        _log["marks"].append([[name, t] for name, t in marks])
+
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("NSBOX_BENCH_SETUP_LOG")
+    if path and not hasattr(session.config, "workerinput"):
+        with open(path, "w") as f:
+            json.dump(_log, f)
+'''
+
+BOX_TESTS = '''\
+import pytest
+
+
+@pytest.mark.sandbox(image="busybox")
+@pytest.mark.parametrize("i", range({n}))
+def test_box(nsbox, i):
+    pass
+'''
+
+PLAIN_TESTS = '''\
+import pytest
+
+
+@pytest.mark.parametrize("i", range({n}))
+def test_plain(i):
+    pass
+'''
+
+
+class SuiteFailed(Exception):
+    pass
+
+
+@dataclass
+class SuiteRun:
+    seconds: float
+    setup_ms: list[float]  # each test's setup phase, as pytest reports it
+    call_ms: list[float]
+    teardown_ms: list[float]
+    start_ms: list[float]  # each box's Box.start_marks, requested to ready (not with xdist)
+    marks: list[list[tuple[str, float]]]  # each box's Box.start_marks (not with xdist)
+
+
+class Suites:
+    def __init__(self, base: str, n: int) -> None:
+        self.base = base
+        self.n = n
+        os.makedirs(base)
+        for kind, text in (("box", BOX_TESTS), ("plain", PLAIN_TESTS)):
+            d = os.path.join(base, kind)
+            os.mkdir(d)
+            for name, content in (("pytest.ini", INI), ("conftest.py", CONFTEST),
+                                  (f"test_{kind}.py", text.format(n=n))):
+                with open(os.path.join(d, name), "w", encoding="utf-8") as f:
+                    f.write(content)
+
+    def run(self, kind: str, *args: str) -> SuiteRun:
+        """Run suite ``kind`` (``box`` or ``plain``); extra args go to pytest."""
+        d = os.path.join(self.base, kind)
+        log = os.path.join(self.base, f"setup-{kind}.json")
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PYTEST_", "NSBOX_TRACE", "COV_"))}
+        env["NSBOX_BENCH_SETUP_LOG"] = log
+        argv = [sys.executable, "-m", "pytest", "-q", *args]
+        t0 = time.perf_counter()
+        proc = subprocess.run(argv, cwd=d, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=1800, check=False)
+        seconds = time.perf_counter() - t0
+        if proc.returncode != 0:
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            raise SuiteFailed(f"pytest {' '.join(args)} in {kind} suite exited "
+                              f"{proc.returncode}: {' | '.join(tail)}")
+        try:
+            with open(log, encoding="utf-8") as f:
+                data = json.load(f)
+            os.unlink(log)
+        except (OSError, ValueError):
+            data = {}
+        ms = {k: [v * 1000 for v in data.get(k, [])]
+              for k in ("setup", "call", "teardown", "start")}
+        marks = [[(str(n), float(t)) for n, t in m] for m in data.get("marks", [])]
+        return SuiteRun(seconds, ms["setup"], ms["call"], ms["teardown"], ms["start"], marks)
+
+    @staticmethod
+    def phases_ms(run: SuiteRun) -> float:
+        """Mean per test of the setup, call and teardown phases together."""
+        n = max(len(run.setup_ms), 1)
+        return (sum(run.setup_ms) + sum(run.call_ms) + sum(run.teardown_ms)) / n
+
+    def overhead(self, reps: int, *args: str) -> tuple[SuiteRun, SuiteRun, float]:
+        """Box and plain suites run alternately ``reps`` times; median overhead in ms/test."""
+        box: list[SuiteRun] = []
+        plain: list[SuiteRun] = []
+        for _ in range(reps):
+            box.append(self.run("box", *args))
+            plain.append(self.run("plain", *args))
+        b = sorted(box, key=lambda r: r.seconds)[len(box) // 2]
+        p = sorted(plain, key=lambda r: r.seconds)[len(plain) // 2]
+        return b, p, (b.seconds - p.seconds) * 1000 / self.n
+
+
+def median_or_none(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def mean_or_none(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
