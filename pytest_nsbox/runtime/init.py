@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import select
 import signal
 import socket
 import stat
@@ -23,6 +22,7 @@ from typing import Any, NoReturn
 
 from ..syscalls import caps, libc, seccomp
 from . import protocol
+from .loop import ChildServer
 
 _NS_FLAGS = {
     "mnt": libc.CLONE_NEWNS,
@@ -319,46 +319,21 @@ def _loopback_up() -> None:
         fcntl.ioctl(s.fileno(), _SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | _IFF_UP))
 
 
-class _Init:
+class _Init(ChildServer):
     """The serving loop: exec requests in, exit statuses out, orphans reaped."""
 
     def __init__(self, ctl: socket.socket) -> None:
-        self.ctl = ctl
+        super().__init__(ctl)
         self.children: dict[int, socket.socket] = {}
-        self.wake_r, wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.signal(signal.SIGCHLD, _noop)
-        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
 
-    def serve(self) -> None:
-        while True:
-            ready, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
-            if self.wake_r in ready:
-                try:
-                    os.read(self.wake_r, 4096)
-                except BlockingIOError:
-                    pass
-                self.reap()
-            if self.ctl.fileno() in ready:
-                msg, fds = protocol.recv(self.ctl)
-                if msg is None:
-                    return
-                self.handle(msg, fds)
-
-    def reap(self) -> None:
-        while True:
+    def exited(self, pid: int, status: int) -> None:
+        sock = self.children.pop(pid, None)  # else an orphan: reaped, nothing to tell
+        if sock is not None:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            sock = self.children.pop(pid, None)
-            if sock is not None:
-                try:
-                    protocol.send(sock, {"exit": status})
-                except OSError:
-                    pass
-                sock.close()
+                protocol.send(sock, {"exit": status})
+            except OSError:
+                pass
+            sock.close()
 
     def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
         op = msg.get("op")
@@ -443,10 +418,6 @@ def _which(program: str, path: str) -> str:
     if denied:
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
-
-
-def _noop(signum: int, frame: object) -> None:
-    """SIGCHLD only wakes the loop through the wakeup fd."""
 
 
 def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import gc
 import os
-import select
 import signal
 import socket
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 
 from ..syscalls import libc
 from . import init, protocol
+from .loop import ChildServer
 
 
 class Spare:
@@ -35,34 +35,17 @@ class Spare:
         self.sock = sock
 
 
-class Zygote:
+class Zygote(ChildServer):
     def __init__(self, ctl: socket.socket) -> None:
-        self.ctl = ctl
+        super().__init__(ctl)
         self.boxes: set[int] = set()
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-        self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        signal.signal(signal.SIGCHLD, _noop)
-        signal.set_wakeup_fd(self.wake_w, warn_on_full_buffer=False)
         self.spare: Spare | None = None
 
     def serve(self) -> None:
         try:
             self.spare = self.fork_spare()
-            while True:
-                ready, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
-                if self.wake_r in ready:
-                    try:
-                        os.read(self.wake_r, 4096)
-                    except BlockingIOError:
-                        pass
-                    self.reap()
-                if self.ctl.fileno() in ready:
-                    msg, fds = protocol.recv(self.ctl)
-                    if msg is None:
-                        return
-                    self.handle(msg, fds)
-                    if self.spare is None:
-                        self.spare = self.fork_spare()
+            super().serve()
         finally:
             pids = set(self.boxes)
             if self.spare is not None:
@@ -73,18 +56,11 @@ class Zygote:
                 except OSError:
                     pass
 
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, _status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            self.boxes.discard(pid)
-            if self.spare is not None and self.spare.pid == pid:
-                self.spare.sock.close()
-                self.spare = None
+    def exited(self, pid: int, status: int) -> None:
+        self.boxes.discard(pid)
+        if self.spare is not None and self.spare.pid == pid:
+            self.spare.sock.close()
+            self.spare = None
 
     def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
         if msg.get("op") != "create" or len(fds) != 1:
@@ -111,6 +87,7 @@ class Zygote:
             protocol.send(self.ctl, {"pid": spare.pid}, [pidfd])
         finally:
             os.close(pidfd)
+        self.spare = self.fork_spare()  # after the reply: off the request's critical path
 
     def fork_spare(self) -> Spare:
         ours, theirs = protocol.socketpair()
@@ -145,10 +122,6 @@ class Zygote:
         if msg is None or len(fds) != 1:
             os._exit(0)
         init.boot(msg["plan"], fds[0])
-
-
-def _noop(signum: int, frame: object) -> None:
-    """SIGCHLD only wakes the loop through the wakeup fd."""
 
 
 def main(argv: list[str]) -> None:
