@@ -32,11 +32,11 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..errors import ImageError
+from ..rootfs.diff import is_opaque, is_whiteout
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
-_OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 # Overlay bookkeeping a copy must not carry, and the two that would change what a layer
 # means if dropped (only written with redirect_dir=on / metacopy=on mounts).
 _OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
@@ -52,20 +52,6 @@ def keep_xattr(name: str) -> bool:
     """The extended attributes a layer carries: file capabilities and ``user.*``."""
     return name == "security.capability" or (name.startswith("user.")
                                              and not name.startswith("user.overlay."))
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def is_opaque(path: str | int) -> bool:
-    for name in _OPAQUE_XATTRS:
-        try:
-            if os.getxattr(path, name) == b"y":
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def sha256_hex(data: bytes) -> str:

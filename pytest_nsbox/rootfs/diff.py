@@ -20,13 +20,16 @@ def is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def is_opaque(path: str) -> bool:
+def is_opaque(path: str | int) -> bool:
+    """An overlay opaque directory (by path, never following a link, or by open fd)."""
     for name in OPAQUE_XATTRS:
         try:
-            if os.getxattr(path, name, follow_symlinks=False) == b"y":
-                return True
+            value = (os.getxattr(path, name) if isinstance(path, int)
+                     else os.getxattr(path, name, follow_symlinks=False))
         except OSError:
             continue
+        if value == b"y":
+            return True
     return False
 
 
