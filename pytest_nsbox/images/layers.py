@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..errors import ImageError
-from ..rootfs.diff import is_opaque, is_whiteout
+from ..rootfs.diff import is_opaque, is_whiteout, lookup
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -654,32 +654,6 @@ class MergedView:
     def __init__(self, layer_dirs_bottom_first: list[str] | tuple[str, ...]) -> None:
         self.layers = list(reversed(layer_dirs_bottom_first))
 
-    def _lookup(self, parts: list[str]) -> tuple[str, os.stat_result] | None:
-        """The entry at symlink-free ``parts``, or None when the image has none."""
-        if not parts:
-            top = self.layers[0] if self.layers else "/"
-            return top, os.lstat(top)
-        for layer in self.layers:
-            path = layer
-            opaque_above = False
-            for i, part in enumerate(parts):
-                path = os.path.join(path, part)
-                try:
-                    st = os.lstat(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    break
-                if is_whiteout(st):
-                    return None
-                if i == len(parts) - 1:
-                    return path, st
-                if not stat.S_ISDIR(st.st_mode):
-                    return None  # a non-directory here shadows every deeper layer
-                if is_opaque(path):
-                    opaque_above = True
-            if opaque_above:
-                return None  # an opaque directory on the way: nothing deeper shows through
-        return None
-
     def resolve(self, path: str, follow_last: bool = True) -> tuple[tuple[str, ...], Found | None]:
         """``path`` in the image with symlinks resolved inside the image's root.
 
@@ -696,7 +670,7 @@ class MergedView:
                     cur.pop()
                 continue
             cand = [*cur, part]
-            hit = self._lookup(cand)
+            hit = lookup(self.layers, cand)
             if hit is not None and stat.S_ISLNK(hit[1].st_mode) and (todo or follow_last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
@@ -716,7 +690,7 @@ class MergedView:
                     else:
                         cur.append(rest)
                 return tuple(cur), None
-        hit = self._lookup(cur)
+        hit = lookup(self.layers, cur)
         return tuple(cur), (Found(hit[0], hit[1], tuple(cur)) if hit is not None else None)
 
     def read_bytes(self, path: str) -> bytes | None:
@@ -730,5 +704,5 @@ class MergedView:
                      ) -> Iterator[tuple[tuple[str, ...], Found | None]]:
         """For each prefix of ``parts``: the directory the image has there, or None."""
         for i in range(1, len(parts) + 1):
-            hit = self._lookup(list(parts[:i]))
+            hit = lookup(self.layers, list(parts[:i]))
             yield parts[:i], (Found(hit[0], hit[1], parts[:i]) if hit else None)

@@ -33,47 +33,45 @@ def is_opaque(path: str | int) -> bool:
     return False
 
 
-class _Lower:
-    """Existence of a path in the image: the lower layers merged, top first."""
+def lookup(layers_top_first: list[str], parts: list[str]) -> tuple[str, os.stat_result] | None:
+    """The entry at symlink-free ``parts`` as overlayfs merges the layers, or None.
 
-    def __init__(self, layers_bottom_first: tuple[str, ...] | list[str]) -> None:
-        self.layers = list(reversed(layers_bottom_first))
-
-    def exists(self, rel: str) -> bool:
-        parts = rel.strip("/").split("/")
-        for layer in self.layers:
-            found = self._in_layer(layer, parts)
-            if found is not None:
-                return found
-        return False
-
-    @classmethod
-    def _in_layer(cls, layer: str, parts: list[str]) -> bool | None:
-        """True/False when this layer decides; None to look further down."""
+    The topmost layer holding the path wins; a whiteout, a non-directory on the way, or an
+    opaque directory on the way hides everything deeper.
+    """
+    if not parts:
+        top = layers_top_first[0] if layers_top_first else "/"
+        return top, os.lstat(top)
+    for layer in layers_top_first:
         path = layer
+        opaque_above = False
         for i, part in enumerate(parts):
             path = os.path.join(path, part)
             try:
                 st = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
-                return None
+                break
             if is_whiteout(st):
-                return False
+                return None
             if i == len(parts) - 1:
-                return True
+                return path, st
             if not stat.S_ISDIR(st.st_mode):
-                return False
+                return None  # a non-directory here shadows every deeper layer
             if is_opaque(path):
-                # Nothing below this directory shows through from deeper layers.
-                return cls._in_layer(path, parts[i + 1:]) or False
-        return None
+                opaque_above = True
+        if opaque_above:
+            return None  # an opaque directory on the way: nothing deeper shows through
+    return None
 
 
 _INIT_LAYER_DIRS = frozenset(os.path.dirname(p) for p in INIT_LAYER_FILES)
 
 
 def changes(upper: str, layers_bottom_first: tuple[str, ...] | list[str]) -> list[Change]:
-    lower = _Lower(layers_bottom_first)
+    lower = list(reversed(layers_bottom_first))
+
+    def in_image(path: str) -> bool:
+        return lookup(lower, path.strip("/").split("/")) is not None
     found: dict[str, str] = {}
 
     def walk(dirpath: str, rel: str, parent_added: bool) -> bool:
@@ -85,13 +83,13 @@ def changes(upper: str, layers_bottom_first: tuple[str, ...] | list[str]) -> lis
             path = f"{rel}/{entry.name}"
             st = entry.stat(follow_symlinks=False)
             if is_whiteout(st):
-                if not parent_added and lower.exists(path):
+                if not parent_added and in_image(path):
                     found[path] = "D"
                     any_change = True
                 continue
             if path in INIT_LAYER_FILES:
                 continue
-            added = parent_added or not lower.exists(path)
+            added = parent_added or not in_image(path)
             if stat.S_ISDIR(st.st_mode):
                 opaque = is_opaque(entry.path)
                 below = walk(entry.path, path, added)
