@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import NsboxError
-from .state import StateDirs, remove_tree
+from .state import StateDirs, remove_tree, start_time, try_flock
 
 #: A box directory without ``owner.json`` this old was abandoned half-created (a box writes
 #: it once its init is up, at most ``runtime.box.START_TIMEOUT`` (30 s) after the mkdir).
@@ -72,52 +72,6 @@ class GcIncomplete(NsboxError):
 
 # -- owners ------------------------------------------------------------------------------------
 
-def start_time(pid: int) -> int | None:
-    """The start time (clock ticks since boot) of a live process; ``None`` if there is none."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            fields = f.read().rpartition(")")[2].split()
-    except (OSError, ValueError):
-        return None
-    try:
-        if fields[0] in ("Z", "X"):  # a zombie's fds, and locks, are gone
-            return None
-        return int(fields[19])
-    except (IndexError, ValueError):
-        return None
-
-
-def _open_lock(path: str) -> int | None:
-    """An fd on an existing lock file (``None`` if missing); never creates, never blocks."""
-    try:
-        return os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:  # missing, or not a plain file we may open: it tells us nothing
-        return None
-
-
-@contextmanager
-def _flocked(path: str) -> Iterator[bool | None]:
-    """Try an exclusive flock on ``path`` without waiting, and hold it for the block.
-
-    Yields True (taken: nobody else holds it), False (held by someone), None (no file).
-    """
-    fd = _open_lock(path)
-    if fd is None:
-        yield None
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
-
-
 @contextmanager
 def _exclusive(path: str, timeout: float) -> Iterator[None]:
     """Hold an exclusive flock on ``path`` (created if missing), waiting up to ``timeout``.
@@ -149,7 +103,7 @@ def owner_alive(record: dict[str, Any]) -> bool:
     """Whether the process that owns a box (its ``owner.json`` record) is still alive."""
     lock = record.get("owner_lock")
     if isinstance(lock, str) and lock:
-        with _flocked(lock) as taken:
+        with try_flock(lock) as taken:
             if taken is not None:
                 return not taken
     pid = record.get("owner_pid")
@@ -489,7 +443,7 @@ class _Collector:
                 continue
             if young and (not pid.isdigit() or start_time(int(pid)) is not None):
                 continue
-            with _flocked(entry.path) as taken:
+            with try_flock(entry.path) as taken:
                 if taken:
                     self.act(f"owner lock {entry.path} (its process is gone)",
                              os.unlink, entry.path)
@@ -498,7 +452,7 @@ class _Collector:
     def tmp_layers(self) -> None:
         # Builds and imports hold the store lock shared while they run (``prune`` takes it
         # exclusively, as we do here): a store tmp dir is only garbage when no build runs.
-        with _flocked(os.path.join(self.dirs.locks, "store.lock")) as store_free:
+        with try_flock(os.path.join(self.dirs.locks, "store.lock")) as store_free:
             if store_free is not False:
                 self._tmp_layers(self.dirs.store)
         if self.dirs.run != self.dirs.store:
@@ -521,7 +475,7 @@ class _Collector:
             except OSError:
                 continue
             key = entry.name.rpartition(".")[0] or entry.name
-            with _flocked(os.path.join(self.dirs.locks, f"layer-{key}.lock")) as taken:
+            with try_flock(os.path.join(self.dirs.locks, f"layer-{key}.lock")) as taken:
                 if taken is not False:  # False: being built right now
                     self.act(f"half-written layer {entry.path}", remove_tree, entry.path)
 

@@ -7,8 +7,11 @@ Two roots: the *store* (persistent layers and images, default ``/var/lib/nsbox``
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .syscalls import libc
@@ -103,3 +106,44 @@ def _clear(dirfd: int, dev: int) -> None:
             os.rmdir(entry.name, dir_fd=dirfd)
         else:
             os.unlink(entry.name, dir_fd=dirfd)
+
+
+def start_time(pid: int) -> int | None:
+    """A live process's start time (clock ticks since boot): with its pid, it names the
+    process uniquely. ``None`` when there is no such process, or only its zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
+            fields = f.read().rpartition(")")[2].split()
+    except (OSError, ValueError):
+        return None
+    try:
+        if fields[0] in ("Z", "X"):  # a zombie's fds, and locks, are gone
+            return None
+        return int(fields[19])
+    except (IndexError, ValueError):
+        return None
+
+
+@contextmanager
+def try_flock(path: str) -> Iterator[bool | None]:
+    """Try an exclusive flock on an existing lock file without waiting; hold it for the block.
+
+    Yields True (taken: nobody else holds it, e.g. an owner lock whose owner is dead),
+    False (someone holds it), None (no such file). Never creates the file, never blocks.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:  # missing, or not a plain file we may open: it tells us nothing
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)

@@ -14,8 +14,6 @@ is one private range so that leftovers are easy to recognise.
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import ipaddress
 import json
 import os
@@ -24,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
+from ..state import try_flock
 from . import netns
 from .errors import NetworkError
 
@@ -63,20 +62,10 @@ class Lease:
 
 
 def owner_alive(lock_path: str) -> bool:
-    """Whether the process holding ``lock_path`` lives: it holds an exclusive flock on it."""
-    try:
-        fd = os.open(lock_path, os.O_RDONLY | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return False  # removed at its owner's clean exit
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            return True
-        raise
-    finally:
-        os.close(fd)  # drops the lock if we got it
-    return False
+    """Whether the process holding ``lock_path`` lives: it holds an exclusive flock on it
+    (a missing file was removed at its owner's clean exit)."""
+    with try_flock(lock_path) as taken:
+        return taken is False
 
 
 class Leases:

@@ -26,7 +26,7 @@ from ..images.image import Image
 from ..rootfs import diff as rootfs_diff
 from ..rootfs.plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
 from ..spec import BoxSpec
-from ..state import remove_tree
+from ..state import remove_tree, start_time
 from ..syscalls import caps, libc
 from . import protocol
 from .client import zygote
@@ -402,14 +402,5 @@ _own_start: tuple[int, int] = (0, 0)
 def _own_start_time() -> int:
     global _own_start
     if _own_start[0] != os.getpid():
-        _own_start = (os.getpid(), _start_time(os.getpid()))
+        _own_start = (os.getpid(), start_time(os.getpid()) or 0)
     return _own_start[1]
-
-
-def _start_time(pid: int) -> int:
-    """The process's start time in clock ticks: with the PID it names a process uniquely."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="utf-8") as f:
-            return int(f.read().rpartition(")")[2].split()[19])
-    except (OSError, ValueError, IndexError):
-        return 0
