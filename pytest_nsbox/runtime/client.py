@@ -14,10 +14,10 @@ import threading
 from typing import Any
 
 from ..errors import BoxError
+from ..rootfs.plan import PACKAGE_PARENT
 from . import protocol
 
 REPLY_TIMEOUT = 30.0
-_PKG_PARENT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 class ZygoteClient:
@@ -29,7 +29,7 @@ class ZygoteClient:
         ours, theirs = protocol.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
-            p for p in (_PKG_PARENT, env.get("PYTHONPATH")) if p)
+            p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         try:
             # argv[0] is what `ps` in a box shows for its PID 1 (a fork of the zygote).
             self.proc = subprocess.Popen(
