@@ -10,6 +10,7 @@ import os
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterable
 
 from ..errors import ImageError
 
@@ -103,12 +104,56 @@ def build_busybox(dest: str, busybox: str) -> None:
 
 def host_mask_key(root: str = "/") -> tuple[str, list[str]]:
     """The host directories a host box must not see, and a key naming that set."""
-    hidden = sorted(name for name in os.listdir(root)
-                    if name not in HOST_OS_DIRS and os.path.isdir(os.path.join(root, name))
-                    and not os.path.islink(os.path.join(root, name)))
+    # Real directories only (a symlink such as usrmerge's /bin -> usr/bin is not one); the
+    # entries' types come with the listing, so this costs one syscall, not two per entry.
+    with os.scandir(root) as entries:
+        hidden = sorted(e.name for e in entries
+                        if e.name not in HOST_OS_DIRS and e.is_dir(follow_symlinks=False))
     masked = sorted(set(hidden) | set(HOST_FRESH_DIRS))
     key = hashlib.sha256(("nsbox-host-mask-v1\0" + "\0".join(masked)).encode()).hexdigest()
     return key, masked
+
+
+def host_shows(path: str, masked: Iterable[str]) -> bool:
+    """Whether a ``host`` image box sees host directory ``path`` as it is, copy-on-write.
+
+    ``path`` is absolute and resolved (``os.path.realpath``); ``masked`` is what
+    ``host_mask_key`` hides. The image's bottom layer is the host's ``/`` as overlayfs
+    sees it: the root mount alone. So ``path`` shows when no masked directory holds it and
+    it lies on the root mount (a directory on a mount of its own, e.g. a separate
+    ``/opt`` filesystem or a bind mount, looks empty in the box). ``/`` itself shows.
+    """
+    rel = path.strip("/")
+    if not rel:
+        return True
+    if any(rel == m or rel.startswith(m + "/") for m in masked):
+        return False
+    here, root = _mount_id(path), _mount_id("/")
+    return here is not None and here == root
+
+
+def _mount_id(path: str) -> int | None:
+    """The id of the mount ``path`` is on (``mnt_id`` of /proc/self/fdinfo, proc(5)), or
+    None when it cannot be opened."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.open(f"/proc/self/fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            text = os.read(info, 4096)
+        finally:
+            os.close(info)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    for line in text.splitlines():
+        key, _, value = line.partition(b":")
+        if key == b"mnt_id":
+            return int(value)
+    return None
 
 
 def build_host_mask(dest: str, masked: list[str]) -> None:

@@ -67,15 +67,42 @@ def overlay_options(lower_bottom_first: list[str], upper: str, work: str) -> str
 
 
 def host_binds(rootdir: str | None) -> list[Bind]:
-    """What a ``host`` image box sees of the running test: rootdir and Python, read-only."""
+    """What a ``host`` image box sees of the running test, as read-only binds at their own
+    paths (sorted by path; a path inside another bound one is left out).
+
+    - The running Python (``sys.prefix``, ``sys.base_prefix``) and this package's folder are
+      bound only where the host image does not show them already (``builtin.host_shows``):
+      under a hidden or fresh directory (``/tmp``, ``/root``, ``/home``, ``/work``, ...) or
+      on a mount of their own. Where the image shows them (Debian's ``/usr/bin/python3`` and
+      venvs made from it have ``/usr``; a Python built into ``/usr/local``; a venv in
+      ``/opt``) they stay copy-on-write like the rest of the OS: a read-only ``/usr`` would
+      send ``pip install`` in a ``FROM host`` step to ``/root/.local``, and no test could
+      write under ``/usr``, where in Docker every image directory is writable.
+    - The pytest ``rootdir`` is bound read-only (CONTRACT.md) wherever it is, unless it is
+      ``/``, a top-level OS directory (``builtin.HOST_OS_DIRS``), or holds one of the
+      Python folders left copy-on-write: binding it would make the OS read-only again.
+    """
     import sys
 
-    paths = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, rootdir, PACKAGE_PARENT)
-             if p}
-    paths = {p for p in paths if os.path.isdir(p) and p != "/"}
-    # A path inside another bound path is already visible.
-    keep = sorted(p for p in paths if not any(p != q and p.startswith(q + "/") for q in paths))
+    from ..images import builtin
+
+    _key, masked = builtin.host_mask_key("/")
+    python = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, PACKAGE_PARENT) if p}
+    python = {p for p in python if os.path.isdir(p)}
+    cow = {p for p in python if builtin.host_shows(p, masked)}
+    paths = python - cow
+    if rootdir:
+        root = os.path.realpath(rootdir)
+        os_dir = root == "/" or root.count("/") == 1 and root[1:] in builtin.HOST_OS_DIRS
+        if os.path.isdir(root) and not os_dir and not any(_within(p, root) for p in cow):
+            paths.add(root)
+    keep = sorted(p for p in paths if not any(p != q and _within(p, q) for q in paths))
     return [Bind(source=p, target=p, readonly=True) for p in keep]
+
+
+def _within(path: str, top: str) -> bool:
+    """``path`` is ``top`` or below it (both resolved and absolute)."""
+    return path == top or path.startswith(top.rstrip("/") + "/")
 
 
 def hosts_file(hostname: str, extra: list[tuple[str, str]] | None = None) -> str:
