@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import select
 import signal
 import sys
 from collections.abc import Sequence
@@ -169,6 +168,7 @@ def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
     its teardown kills what runs here). The command runs as the host's root with every
     capability, not under the box's own confinement.
     """
+    from .runtime import protocol
     from .syscalls import libc
 
     pid = init_pid(box, backend)
@@ -190,7 +190,7 @@ def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
         fds.append(pidns)
         root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc)
         fds.append(root)
-        if select.select([pidfd], [], [], 0)[0]:
+        if protocol.readable([pidfd], 0):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         env = {"PATH": BOX_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "dumb")}
         if box.hostname:

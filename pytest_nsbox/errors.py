@@ -71,8 +71,10 @@ class CommandFailed(NsboxError):
         detail = (": " + " | ".join(tail)) if tail else ""
         if result.timed_out:
             what = "timed out"
-        elif result.oom_killed:
+        elif result.oom_killed and result.returncode == -9:  # SIGKILL
             what = "was killed for memory (OOM)"
         else:
             what = f"exited with status {result.returncode}"
+            if result.oom_killed:
+                what += " after the kernel killed a process of its box for memory (OOM)"
         super().__init__(f"command {result.args!r} {what}{detail}")

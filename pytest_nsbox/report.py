@@ -1,6 +1,7 @@
 """Text for the report of a failed test: what each box ran, and why it may have died."""
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING
 
 from .units import format_size
@@ -13,13 +14,23 @@ STDERR_TAIL_LINES = 5
 
 
 def _status(result: RunResult) -> str:
-    if result.timed_out:
-        return "timed out, killed"
-    if result.oom_killed:
+    """``exit 0``, ``killed: out of memory``, ``exit 0; out of memory: ...``.
+
+    ``oom_killed`` means the kernel killed some process of the box for memory while the
+    command ran (Docker's ``OOMKilled``), not necessarily the command: only a command that
+    died of SIGKILL is reported as the one killed.
+    """
+    if result.oom_killed and result.returncode == -signal.SIGKILL and not result.timed_out:
         return "killed: out of memory"
-    if result.returncode < 0:
-        return f"killed by signal {-result.returncode}"
-    return f"exit {result.returncode}"
+    if result.timed_out:
+        text = "timed out, killed"
+    elif result.returncode < 0:
+        text = f"killed by signal {-result.returncode}"
+    else:
+        text = f"exit {result.returncode}"
+    if result.oom_killed:
+        text += "; out of memory: the kernel killed a process of the box"
+    return text
 
 
 def box_section(box: Box) -> str:
@@ -38,7 +49,11 @@ def box_section(box: Box) -> str:
 
 
 def oom_line(box: Box) -> str | None:
-    """``box 'x': memory limit 64.0 MiB reached (peak 64.0 MiB), process killed``."""
+    """``box 'x': memory limit 64.0 MiB reached (peak 64.0 MiB), process killed``.
+
+    Said when any command's result has ``oom_killed`` or the box cgroup counted an OOM
+    kill (of any of its processes, child cgroups included).
+    """
     try:
         stats = box.stats()
     except Exception:
@@ -48,6 +63,8 @@ def oom_line(box: Box) -> str | None:
         return None
     limit = stats.memory_limit if stats else box.spec.memory
     peak = stats.memory_peak if stats else None
-    limit_text = format_size(limit) if limit else "unlimited"
     peak_text = f" (peak {format_size(peak)})" if peak else ""
-    return f"box {box.name!r}: memory limit {limit_text} reached{peak_text}, process killed"
+    if not limit:  # the kernel killed for the host's memory or a parent cgroup's limit
+        return (f"box {box.name!r}: out of memory with no memory limit of its own (the host's "
+                f"or a parent cgroup's ran out){peak_text}, process killed")
+    return f"box {box.name!r}: memory limit {format_size(limit)} reached{peak_text}, process killed"

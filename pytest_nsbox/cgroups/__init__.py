@@ -36,6 +36,8 @@ V1_CONTROLLERS = frozenset({
     "cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "net_cls", "net_prio", "blkio",
     "perf_event", "hugetlb", "pids", "rdma", "misc",
 })
+#: The cgroup2 mount option that makes memory.events count a cgroup's own events only.
+LOCAL_EVENTS = "memory_localevents"
 #: The controllers that enforce box limits, on either version.
 _LIMITING = frozenset({"memory", "cpu", "pids"})
 
@@ -113,10 +115,11 @@ def detect(root: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo"
     # Prefer mounts under root (a host may also have bind mounts elsewhere).
     mounts.sort(key=lambda m: not _under(m.point, root))
     unified = [m for m in mounts if m.fstype == "cgroup2"]
-    if any(m.point == root for m in unified):
+    at_root = [m for m in unified if m.point == root]
+    if at_root:
         # Pure v2: even without delegated controllers, grouping and kill still work;
         # available_limits() then says which limits are missing.
-        return V2Backend(root, parent)
+        return V2Backend(root, parent, local_events=LOCAL_EVENTS in at_root[0].options)
 
     v1_mounts: dict[str, str] = {}
     for m in mounts:
@@ -131,7 +134,7 @@ def detect(root: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo"
     if v1_useful and len(v1_useful) >= len(v2_useful):
         return V1Backend(v1_mounts, parent)
     if v2_point and v2_useful:
-        return V2Backend(v2_point, parent)
+        return V2Backend(v2_point, parent, local_events=LOCAL_EVENTS in unified[0].options)
     raise HostNotSupported(FIX_NO_CONTROLLERS.format(
         v1=", ".join(sorted(v1_mounts)) or "none", v2=v2_point or "nowhere",
         v2c=" ".join(v2_controllers)))

@@ -180,6 +180,28 @@ def subdirs_bottom_up(path: str) -> Iterator[str]:
     yield path
 
 
+def subtree_sum(top: str, name: str, key: str) -> int:
+    """The sum of ``key`` in the flat-keyed file ``name`` of ``top`` and of every cgroup
+    below it; 0 for a cgroup that is gone or a file that is absent.
+
+    One ``stat`` decides whether there is anything below: kernfs (cgroupfs) gives a
+    directory a link count of 2 plus its subdirectories, so 2 means none. Any other count
+    (a child cgroup, or a filesystem that counts links differently) walks the subtree.
+    """
+    try:
+        alone = os.stat(top).st_nlink == 2
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise os_error("stat", top, exc) from exc
+    total = 0
+    for path in [top] if alone else subdirs_bottom_up(top):
+        text = read_optional(os.path.join(path, name))
+        if text:
+            total += parse_keyed(text).get(key, 0)
+    return total
+
+
 def check_name(name: str) -> None:
     """A box cgroup name is one path component; anything else could escape the parent."""
     if not name or "/" in name or name in (".", "..") or "\0" in name:
@@ -252,7 +274,11 @@ class Cgroup(abc.ABC):
 
     @abc.abstractmethod
     def oom_kills(self) -> int:
-        """How many processes the kernel killed for memory here (cheap; read per command)."""
+        """How many processes of this cgroup and its children the kernel killed for memory.
+
+        Cheap (one stat and one read without child cgroups): read before and after every
+        command. Counts kills of child cgroups' processes too, on either version.
+        """
 
     @abc.abstractmethod
     def _stop_all(self, deadline: float) -> None:

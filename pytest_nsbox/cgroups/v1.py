@@ -34,6 +34,7 @@ from .base import (
     parse_keyed,
     read_optional,
     read_text,
+    subtree_sum,
     write_text,
 )
 
@@ -144,10 +145,15 @@ class V1Cgroup(Cgroup):
         )
 
     def oom_kills(self) -> int:
-        """``oom_kill`` of memory.oom_control (4.13+; 0 where the kernel lacks it)."""
-        path = self._file("memory", "memory.oom_control")
-        text = read_optional(path) if path else None
-        return parse_keyed(text).get("oom_kill", 0) if text else 0
+        """``oom_kill`` of memory.oom_control (4.13+; 0 where the kernel lacks it), summed
+        over child cgroups.
+
+        On v1 the count is local: the kernel's ``memcg_memory_event()`` adds a kill only
+        to the victim's own cgroup (it climbs to parents on the unified hierarchy alone),
+        so a kill in a child cgroup of the box shows only in the child's file.
+        """
+        d = self.dirs.get("memory")
+        return subtree_sum(d, "memory.oom_control", "oom_kill") if d else 0
 
     def _stop_all(self, deadline: float) -> None:
         """With the freezer: FROZEN, SIGKILL each, THAWED, so nothing forks meanwhile."""

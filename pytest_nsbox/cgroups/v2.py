@@ -31,6 +31,7 @@ from .base import (
     parse_keyed,
     read_optional,
     read_text,
+    subtree_sum,
     write_text,
 )
 
@@ -59,9 +60,12 @@ def _controllers(path: str) -> list[str]:
 class V2Cgroup(Cgroup):
     """A box cgroup on cgroup v2: a single directory."""
 
-    def __init__(self, name: str, path: str, *, rmdir: Rmdir = os.rmdir) -> None:
+    def __init__(self, name: str, path: str, *, rmdir: Rmdir = os.rmdir,
+                 local_events: bool = False) -> None:
+        """``local_events``: cgroup2 is mounted with ``memory_localevents``."""
         super().__init__(name, [path], rmdir=rmdir)
         self.path = path
+        self.local_events = local_events
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -118,7 +122,14 @@ class V2Cgroup(Cgroup):
         )
 
     def oom_kills(self) -> int:
-        """``oom_kill`` of memory.events (it includes child cgroups)."""
+        """``oom_kill`` of memory.events, child cgroups included.
+
+        cgroup-v2.rst: memory.events counts this cgroup and its subtree, and
+        memory.events.local this cgroup alone; with the ``memory_localevents`` mount
+        option memory.events is local too, and then the subtree is summed here.
+        """
+        if self.local_events:
+            return subtree_sum(self.path, "memory.events", "oom_kill")
         text = read_optional(self._file("memory.events"))
         return parse_keyed(text).get("oom_kill", 0) if text else 0
 
@@ -170,8 +181,11 @@ class V2Backend(Backend):
     version = 2
 
     def __init__(self, root: str | PathLike[str] = "/sys/fs/cgroup", parent: str | None = None,
-                 *, mkdir: Mkdir = os.mkdir, rmdir: Rmdir = os.rmdir) -> None:
+                 *, mkdir: Mkdir = os.mkdir, rmdir: Rmdir = os.rmdir,
+                 local_events: bool = False) -> None:
+        """``local_events``: the mount has ``memory_localevents`` (see ``oom_kills``)."""
         self.root = os.fspath(root)
+        self.local_events = local_events
         self.parent_rel = check_parent(parent)
         self.parent = os.path.join(self.root, self.parent_rel) if self.parent_rel else self.root
         self._mkdir = mkdir
@@ -235,7 +249,7 @@ class V2Backend(Backend):
                           on_each=lambda p: self._enable_controllers(p, needed))
         path = os.path.join(parent, name)
         mkdir_or_error(self._mkdir, path)
-        cgroup = V2Cgroup(name, path, rmdir=self._rmdir)
+        cgroup = V2Cgroup(name, path, rmdir=self._rmdir, local_events=self.local_events)
         try:
             cgroup.set_limits(limits)
         except BaseException:
@@ -251,7 +265,7 @@ class V2Backend(Backend):
         path = os.path.join(self.parent, name)
         if not os.path.isdir(path):
             raise CgroupError(f"cgroup: no cgroup {path}")
-        return V2Cgroup(name, path, rmdir=self._rmdir)
+        return V2Cgroup(name, path, rmdir=self._rmdir, local_events=self.local_events)
 
     def list(self, prefix: str = PREFIX) -> list[str]:
         try:

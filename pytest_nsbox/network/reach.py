@@ -11,13 +11,13 @@ connection through ``connect``.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING
 
 from ..errors import BoxClosed, NsboxError, SpecError
+from ..runtime import protocol
 from . import netns
 from .errors import PortRefused, PortTimeout
 
@@ -202,7 +202,7 @@ class Forward:
 
     def _serve(self) -> None:
         while True:
-            ready, _, _ = select.select([self._listener.fileno(), self._wake_r], [], [])
+            ready = protocol.readable([self._listener.fileno(), self._wake_r], None)
             if self._wake_r in ready:
                 return
             try:

@@ -119,8 +119,7 @@ class Box:
             self.pid, self._pidfd = zygote().create(plan, theirs)
         finally:
             theirs.close()
-        ready, _, _ = select.select([ours], [], [], START_TIMEOUT)
-        if not ready:
+        if not protocol.readable([ours.fileno()], START_TIMEOUT):
             raise BoxError(f"box {self.name!r} did not come up within {START_TIMEOUT:.0f} s")
         msg, _fds = protocol.recv(ours)
         self.start_marks = [("requested", requested), *((m[0], m[1]) for m in (msg or {}).get("marks", ())),
@@ -182,7 +181,9 @@ class Box:
             self._pidfd = -1
         if self._ctl is not None:
             self._ctl.close()
-        for proc in self._processes:
+        # Commands still running lose their box; the box lets go of them.
+        running, self._processes = self._processes, []
+        for proc in running:
             proc.detach()
         if self._cgroup is not None:
             try:
@@ -252,10 +253,18 @@ class Box:
                    "cwd": _box_path(cwd, "cwd") if cwd is not None else self.image.workdir,
                    "user": None if user is None else str(user)}
         proc = Process(self, cmd, request, data, oom=self._cgroup.oom_kills,
-                       record=self.history.append)
+                       record=self._finished)
         self._processes.append(proc)
         proc.start(self._ctl, background=background)
         return proc
+
+    def _finished(self, proc: Process, result: RunResult) -> None:
+        """A command was waited for: keep its result, let go of its ``Process``."""
+        self.history.append(result)
+        try:
+            self._processes.remove(proc)
+        except ValueError:  # the box was closed meanwhile
+            pass
 
     def _env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",

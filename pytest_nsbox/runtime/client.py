@@ -6,7 +6,6 @@ Python code ever runs in a fork of the pytest process.
 from __future__ import annotations
 
 import os
-import select
 import socket
 import subprocess
 import sys
@@ -45,8 +44,7 @@ class ZygoteClient:
         """Fork a box running ``plan``; returns its host PID and a pidfd for it."""
         with self.lock:
             protocol.send(self.sock, {"op": "create", "plan": plan}, [box_end.fileno()])
-            ready, _, _ = select.select([self.sock], [], [], REPLY_TIMEOUT)
-            if not ready:
+            if not protocol.readable([self.sock.fileno()], REPLY_TIMEOUT):
                 raise BoxError(f"the nsbox zygote (pid {self.proc.pid}) did not answer "
                                f"within {REPLY_TIMEOUT:.0f} s")
             msg, fds = protocol.recv(self.sock)

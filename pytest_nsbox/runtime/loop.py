@@ -7,7 +7,6 @@ Imported by the box's init before pivot_root: stdlib only.
 from __future__ import annotations
 
 import os
-import select
 import signal
 import socket
 from typing import Any
@@ -27,7 +26,7 @@ class ChildServer:
 
     def serve(self) -> None:
         while True:
-            ready, _, _ = select.select([self.ctl.fileno(), self.wake_r], [], [])
+            ready = protocol.readable([self.ctl.fileno(), self.wake_r], None)
             if self.wake_r in ready:
                 try:
                     os.read(self.wake_r, 4096)

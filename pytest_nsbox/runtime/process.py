@@ -3,6 +3,11 @@
 The box's init forks the command and reports on the status socket: first ``{"pid": N}``
 (or ``{"exec_error": ...}``), then ``{"exit": wait_status}``. Output is read with one
 selector loop, in the caller's thread for ``run()`` and in a thread for ``spawn()``.
+
+The loop is a ``PollSelector``: poll(2) has no FD_SETSIZE limit (``select()`` fails once a
+descriptor number reaches 1024) and, unlike epoll, needs no descriptor of its own. When the
+command has exited and its output is drained, every pipe and socket is closed; after
+``wait()`` the ``Process`` holds only its ``RunResult``.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import BoxError
+from ..errors import BoxError, CgroupError
 from . import protocol
 from .result import RunResult
 
@@ -35,7 +40,8 @@ class Process:
 
     def __init__(self, box: Box, args: list[str] | str, request: dict[str, Any],
                  input: bytes | None, *, oom: Callable[[], int],
-                 record: Callable[[RunResult], None]) -> None:
+                 record: Callable[[Process, RunResult], None]) -> None:
+        """``oom`` reads the box cgroup's OOM-kill counter; ``record`` gets the result once."""
         self.box = box
         self.args = args
         self.pid: int | None = None
@@ -46,6 +52,8 @@ class Process:
         self._out: list[bytes] = []
         self._err: list[bytes] = []
         self._status: int | None = None
+        self._oom_before: int | None = None
+        self._oom_after: int | None = None
         self._exec_error: str | None = None
         self._exec_errno = 0
         self._timed_out = False
@@ -59,7 +67,7 @@ class Process:
         self._stdout_r, stdout_w = os.pipe2(os.O_CLOEXEC)
         self._stderr_r, stderr_w = os.pipe2(os.O_CLOEXEC)
         self._status_sock, theirs = protocol.socketpair()
-        self._oom_before = self._oom()
+        self._oom_before = self._oom_count()
         self._started = time.monotonic()
         try:
             protocol.send(ctl, self._request, [stdin_r, stdout_w, stderr_w, theirs.fileno()])
@@ -80,7 +88,7 @@ class Process:
             self._stdin_w = -1
         else:
             os.set_blocking(self._stdin_w, False)
-        self._sel = selectors.DefaultSelector()
+        self._sel: selectors.BaseSelector = selectors.PollSelector()
         self._sel.register(self._stdout_r, selectors.EVENT_READ, self._out)
         self._sel.register(self._stderr_r, selectors.EVENT_READ, self._err)
         self._sel.register(self._status_sock, selectors.EVENT_READ, None)
@@ -117,6 +125,8 @@ class Process:
             self._exec_error = str(msg["exec_error"])
             self._exec_errno = int(msg.get("errno", 0))
         elif "exit" in msg:
+            # The command's lifetime ends here: OOM kills later belong to later commands.
+            self._oom_after = self._oom_count()
             self._status = int(msg["exit"])
             self._unregister(self._status_sock)
 
@@ -144,10 +154,15 @@ class Process:
                 return False
             for key, _ in self._sel.select(max(0.0, limit - now)):
                 self._event(key)
-        for fd in list(self._sel.get_map()):
-            self._unregister(self._sel.get_key(fd).fileobj)
+        self._release()
         self._done.set()
         return True
+
+    def _release(self) -> None:
+        """Close every pipe and socket still open (idempotent)."""
+        for key in list((self._sel.get_map() or {}).values()):
+            self._unregister(key.fileobj)
+        self._sel.close()
 
     def _output_open(self) -> bool:
         return any(k.fileobj in (self._stdout_r, self._stderr_r) for k in self._sel.get_map().values())
@@ -197,10 +212,15 @@ class Process:
                     self._thread.join(KILL_GRACE)
                     finished = not self._thread.is_alive()
                 if not finished:
+                    if self._thread is None:
+                        self._release()
                     raise BoxError(f"command {self.args!r} in box {self.box.name!r} did not exit "
                                    f"within {KILL_GRACE:.0f} s of SIGKILL")
             self._result = self._make_result()
-            self._record(self._result)
+            # Keep the result only: output chunks, input and the pump thread are let go.
+            self._out, self._err, self._thread, self._request = [], [], None, {}
+            self._input, self._input_view = None, memoryview(b"")
+            self._record(self, self._result)
             return self._result
 
     def poll(self) -> int | None:
@@ -234,14 +254,29 @@ class Process:
             returncode = -os.WTERMSIG(status)
         else:
             returncode = os.WEXITSTATUS(status)
-        killed = returncode in (-int(signal.SIGKILL), 128 + int(signal.SIGKILL))
-        try:
-            oom = killed and not self._timed_out and self._oom() > self._oom_before
-        except Exception:  # the box is gone; its cgroup with it
-            oom = False
         return RunResult(args=self.args, returncode=returncode, stdout_bytes=b"".join(self._out),
                          stderr_bytes=stderr, duration=time.monotonic() - self._started,
-                         oom_killed=oom, timed_out=self._timed_out)
+                         oom_killed=self._oom_killed(), timed_out=self._timed_out)
+
+    def _oom_count(self) -> int | None:
+        """The box cgroup's OOM-kill counter; ``None`` once the box and its cgroup are gone."""
+        try:
+            return self._oom()
+        except (CgroupError, OSError):
+            return None
+
+    def _oom_killed(self) -> bool:
+        """Whether the kernel killed any process of the box for memory while this ran.
+
+        Docker's ``OOMKilled``: moby ``daemon/monitor.go`` sets it on any OOM event of the
+        container, which containerd raises when the cgroup's ``oom_kill`` count grows
+        (``pkg/oom/v2/v2.go``; v1: the ``memory.oom_control`` eventfd), whichever process
+        the kernel chose. Ours is per command: the count when the command was sent against
+        the count when its exit arrived, so a kill of a child, of a background process, or
+        of the command itself counts, and a kill before the command does not.
+        """
+        after = self._oom_after if self._oom_after is not None else self._oom_count()
+        return self._oom_before is not None and after is not None and after > self._oom_before
 
     def __repr__(self) -> str:
         return f"<Process {self.args!r} pid={self.pid} in {self.box.name!r}>"

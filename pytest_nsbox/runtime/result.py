@@ -13,6 +13,11 @@ class RunResult:
     """The outcome of one command in a box, like ``subprocess.CompletedProcess``.
 
     ``returncode`` is the exit status, or ``-N`` when signal N ended the command.
+    ``duration`` is in seconds. ``oom_killed`` is Docker's ``OOMKilled`` (moby
+    ``daemon/monitor.go``): the kernel killed some process of the box for memory between
+    the command's start and its exit, the command itself or any other (a child, a
+    background process); its ``returncode`` says whether the command itself died.
+    ``timed_out``: the command outlived its ``timeout`` and was killed.
     """
 
     args: list[str] | str
