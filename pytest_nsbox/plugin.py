@@ -33,7 +33,7 @@ HELP_ISOLATE = ("run every collected test body inside its own box (marker keys s
 HELP_POOL = ("warm pool: prepare up to N boxes for the next tests while the current one runs "
              "(default 0: off)")
 # ini defaults for marker keys: nsbox_<key>
-INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "timeout", "hostname")
+INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "timeout", "hostname", "user")
 
 spec_key = pytest.StashKey["BoxSpec | Exception"]()
 boxes_key = pytest.StashKey["list[Box]"]()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from .errors import SpecError
+from .runtime import users
 from .units import (
     format_duration,
     format_rate,
@@ -46,9 +47,9 @@ __all__ = [
 
 #: Every key the marker, ``nsbox_factory`` and ``Box`` take, in the order reports show them.
 KEYS: tuple[str, ...] = (
-    "image", "memory", "cpus", "pids", "network", "hostname", "env", "binds", "timeout",
-    "rate", "latency", "jitter", "loss", "privileged", "cap_add", "cap_drop", "seccomp",
-    "isolate", "name",
+    "image", "memory", "cpus", "pids", "network", "hostname", "env", "user", "binds",
+    "timeout", "rate", "latency", "jitter", "loss", "privileged", "cap_add", "cap_drop",
+    "seccomp", "isolate", "name",
 )
 
 #: A good value for each key, as Python source; ends every ``SpecError`` ("use e.g. ...").
@@ -60,6 +61,7 @@ EXAMPLES: dict[str, str] = {
     "network": "'none', 'private' or 'host'",
     "hostname": "'box'",
     "env": "{'A': '1'}",
+    "user": users.EXAMPLE,
     "binds": "{'/host/dir': '/data:ro'}",
     "timeout": "30",
     "rate": "'1mbit'",
@@ -337,6 +339,7 @@ _VALIDATORS: dict[str, Callable[[Any], Any]] = {
     "network": _network,
     "hostname": _hostname,
     "env": _env,
+    "user": users.check,
     "binds": _binds,
     "timeout": _timeout,
     "rate": _rate,
@@ -415,6 +418,8 @@ class BoxSpec:
     ``pytest_nsbox_box_spec`` hook), call ``validate()`` to get it checked and normalized
     again. Units: ``memory`` bytes, ``cpus`` cores, ``timeout``/``latency``/``jitter``
     seconds, ``rate`` bit/s, ``loss`` percent; ``None`` is "no limit" / "not set".
+    ``user`` is who the box's commands run as (``run(user=)`` overrides it; ``None``: the
+    image's ``USER``, else root), resolved in the box by runc's rules (``runtime/users.py``).
     """
 
     image: str = "host"
@@ -424,6 +429,7 @@ class BoxSpec:
     network: str = "none"
     hostname: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
     binds: list[Bind] = field(default_factory=list)
     timeout: float | None = None
     rate: int | None = None
@@ -513,6 +519,8 @@ class BoxSpec:
             parts.append(f"hostname={self.hostname}")
         if self.env:
             parts.append("env=" + ",".join(self.env))
+        if self.user is not None:
+            parts.append(f"user={self.user}")
         if self.binds:
             parts.append("binds=" + ",".join(str(b) for b in self.binds))
         if self.timeout is not None:

@@ -28,7 +28,7 @@ from ..rootfs.plan import BoxDirs, build_plan, host_binds, hosts_file, write_ini
 from ..spec import BoxSpec
 from ..state import remove_tree, start_time
 from ..syscalls import caps, libc
-from . import protocol
+from . import protocol, users
 from .client import zygote
 from .host import Host, check_host, default_host
 from .process import Process
@@ -251,7 +251,7 @@ class Box:
             raise SpecError("input", input, "not str or bytes", "'text'", source="run")
         request = {"op": "exec", "argv": argv, "env": self._env(env),
                    "cwd": _box_path(cwd, "cwd") if cwd is not None else self.image.workdir,
-                   "user": None if user is None else str(user)}
+                   "user": self._user(user)}
         proc = Process(self, cmd, request, data, oom=self._cgroup.oom_kills,
                        record=self._finished)
         self._processes.append(proc)
@@ -267,8 +267,10 @@ class Box:
             pass
 
     def _env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
+        # No HOME here: the box's init takes it from the box's /etc/passwd for the
+        # command's user unless one of these sets it (runc's prepareEnv).
         env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-               "HOSTNAME": self.hostname, "HOME": "/root"}
+               "HOSTNAME": self.hostname}
         env.update(self.image.env)
         env.update(self.spec.env)
         for key, value in (extra or {}).items():
@@ -279,6 +281,21 @@ class Box:
                                 "{'A': '1'}", source="run")
             env[key] = value
         return env
+
+    def _user(self, user: str | int | None) -> str | None:
+        """Who a command runs as: ``run(user=)``, else the spec's ``user``, else the image's
+        ``USER`` (its config's ``User``), else ``None``: root. Looked up in the box by its
+        init (runtime/users.py, runc's rules)."""
+        try:
+            chosen = users.check(user)
+        except ValueError as exc:
+            raise SpecError("user", user, str(exc), users.EXAMPLE, source="run") from None
+        if chosen is None:
+            chosen = self.spec.user
+        if chosen is None:
+            image_user = ((self.image.config or {}).get("config") or {}).get("User")
+            chosen = str(image_user) if image_user else None
+        return chosen
 
     def kill_process(self, pid: int, sig: int = signal.SIGKILL) -> None:
         if self._ctl is not None and not self._closed:
@@ -291,7 +308,7 @@ class Box:
     def _open(self, path: str, flags: int, mode: int = 0o644) -> int:
         if self._closed:
             raise BoxClosed(f"box {self.name!r} is closed")
-        rel = _box_path(path, "path", self.image.workdir)
+        rel = _box_path(path, "path")
         proc_dir = os.open(f"/proc/{self.pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             poller = select.poll()
@@ -397,12 +414,20 @@ def _argv(cmd: list[str] | str) -> list[str]:
     return argv
 
 
-def _box_path(path: str, key: str, base: str = "/") -> str:
+def _box_path(path: str, key: str) -> str:
+    """An absolute, normalized box path; relative paths start at ``/`` as ``docker cp``'s
+    do (never at the image's WORKDIR), and ``..`` stops at ``/``. A trailing ``/`` is kept,
+    so a path that must be a directory still fails on a file (docker cp does the same)."""
     if isinstance(path, os.PathLike):
         path = os.fspath(path)
     if not isinstance(path, str) or not path or "\0" in path:
         raise SpecError(key, path, "not a path inside the box", "'/etc/hostname'", source="box")
-    return posixpath.normpath(posixpath.join(base, path))
+    clean = posixpath.normpath(posixpath.join("/", path))
+    if clean.startswith("//"):  # normpath keeps a leading '//' (POSIX leaves it open)
+        clean = "/" + clean.lstrip("/")
+    if path.endswith(("/", "/.")) and clean != "/":
+        clean += "/"
+    return clean
 
 
 _own_start: tuple[int, int] = (0, 0)

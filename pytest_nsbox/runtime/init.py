@@ -18,10 +18,11 @@ import struct
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from ..syscalls import caps, libc, seccomp
-from . import protocol
+from . import protocol, users
 from .loop import ChildServer
 
 _NS_FLAGS = {
@@ -361,10 +362,11 @@ class _Init(ChildServer):
                 pid = os.fork()
                 if pid == 0:
                     _child(msg, stdin, stdout, stderr, status)
-        except OSError as exc:
-            what = "cannot fork" if exc.errno == errno.EAGAIN else _describe(exc)
-            protocol.send(status, {"exec_error": f"{what}: {exc.strerror}"
-                                   if what == "cannot fork" else what, "errno": exc.errno})
+        except (OSError, users.UserError) as exc:
+            code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
+            what = (f"cannot fork: {exc.strerror}" if code == errno.EAGAIN
+                    and isinstance(exc, OSError) else _describe(exc))
+            protocol.send(status, {"exec_error": what, "errno": code})
             status.close()
             return
         finally:
@@ -380,7 +382,7 @@ class _Init(ChildServer):
         the call; confinement was applied to the init itself and is inherited. Commands
         with ``user`` take the fork path.
         """
-        env = msg["env"]
+        env = _as_root(msg["env"])
         path = _which(msg["argv"][0], env.get("PATH", _DEFAULT_PATH))
         os.chdir(msg.get("cwd") or "/")
         try:
@@ -435,17 +437,26 @@ def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
         os.closerange(keep + 1, 1 << 20)
         if _OOM_ADJUSTED:
             _write("/proc/self/oom_score_adj", "0")
-        os.chdir(msg.get("cwd") or "/")
-        uid, gid, groups = _resolve_user(msg.get("user"))
-        if gid is not None:
-            os.setgroups(groups)
-            os.setgid(gid)
-        if uid is not None:
-            os.setuid(uid)
+        # As runc's finalizeNamespace: into the directory before the switch, and again
+        # after it when only the new user may enter it.
+        cwd = str(msg.get("cwd") or "/")
+        try:
+            os.chdir(cwd)
+            entered = True
+        except PermissionError:
+            entered = False
+        passwd = users.read_file(_PASSWD)
+        who = users.exec_user(str(msg.get("user") or ""), passwd, users.read_file(_GROUP))
+        env = users.with_home(msg["env"], who.uid, passwd)
+        _own_stdio(who.uid)
+        _set_groups(who)
+        _set_id(os.setuid, who.uid, "uid")
+        if not entered:
+            os.chdir(cwd)
         if _KEEP is not None:
             caps.limit(_KEEP)
         argv = msg["argv"]
-        os.execvpe(argv[0], argv, msg["env"])
+        os.execvpe(argv[0], argv, env)
     except BaseException as exc:
         code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
         try:
@@ -455,49 +466,74 @@ def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
     os._exit(127)
 
 
-def _entries(path: str) -> list[list[str]]:
+_PASSWD = "/etc/passwd"
+_GROUP = "/etc/group"
+
+
+_ROOT_KEY: tuple[object, ...] | None = None  # the files _ROOT_HOME and the groups came from
+_ROOT_HOME = "/"
+
+
+def _as_root(env: dict[str, str]) -> dict[str, str]:
+    """A command with no user, as runc resolves ``""``: uid 0 with the gid and groups the
+    box's passwd and group files give root. The init takes those groups on itself, so the
+    posix_spawn fast path passes them on; ``HOME`` comes from passwd unless ``env`` has one.
+    The files are read again only when they change (stat: inode, size, times)."""
+    global _ROOT_KEY, _ROOT_HOME
+    key = (_file_key(_PASSWD), _file_key(_GROUP))
+    if key != _ROOT_KEY:
+        passwd = users.read_file(_PASSWD)
+        who = users.exec_user("", passwd, users.read_file(_GROUP))
+        if os.getgid() != who.gid or sorted(os.getgroups()) != sorted(who.groups):
+            _set_groups(who)
+        _ROOT_KEY, _ROOT_HOME = key, users.home_of(who.uid, passwd)
+    return env if env.get("HOME") else {**env, "HOME": _ROOT_HOME}
+
+
+def _file_key(path: str) -> tuple[int, ...] | None:
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return [line.rstrip("\n").split(":") for line in f if line.strip()]
+        st = os.stat(path)
     except OSError:
-        return []
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _resolve_user(user: str | None) -> tuple[int | None, int | None, list[int]]:
-    """``"name"``, ``"uid"``, ``"uid:gid"`` or ``"name:group"``, looked up in the box's files."""
-    if user is None or user == "":
-        return None, None, []
-    name, _, group = str(user).partition(":")
-    passwd = _entries("/etc/passwd")
-    uid: int | None = None
-    gid: int | None = None
-    if name.isdigit():
-        uid = int(name)
-        for entry in passwd:
-            if len(entry) > 3 and entry[2] == name and entry[3].isdigit():
-                gid = int(entry[3])
-                break
-    else:
-        for entry in passwd:
-            if len(entry) > 3 and entry[0] == name:
-                uid, gid = int(entry[2]), int(entry[3])
-                break
-        else:
-            raise LookupError(f"user {name!r} is not in the box's /etc/passwd")
-    groups = _entries("/etc/group")
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            match = [e for e in groups if len(e) > 2 and e[0] == group]
-            if not match:
-                raise LookupError(f"group {group!r} is not in the box's /etc/group")
-            gid = int(match[0][2])
-    if gid is None:
-        gid = uid
-    extra = sorted({int(e[2]) for e in groups
-                    if len(e) > 3 and e[2].isdigit() and name in e[3].split(",")} | {gid})
-    return uid, gid, extra
+def _set_groups(who: users.ExecUser) -> None:
+    """runc's setupUser up to setuid: supplementary groups (skipped where the user namespace
+    denies setgroups), then the gid."""
+    try:
+        with open("/proc/self/setgroups", "rb") as f:
+            allowed = f.read().strip() != b"deny"
+    except FileNotFoundError:
+        allowed = True
+    if allowed:
+        os.setgroups(list(who.groups))
+    _set_id(os.setgid, who.gid, "gid")
+
+
+def _set_id(call: Callable[[int], None], value: int, what: str) -> None:
+    """``setuid``/``setgid``, with runc's words for an id the user namespace does not map."""
+    try:
+        call(value)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        raise OSError(errno.EINVAL,
+                      f"cannot set{what} to unmapped {what} {value} in user namespace") from None
+
+
+def _own_stdio(uid: int) -> None:
+    """runc's fixStdioPermissions: the command's stdio belong to its user, so it can reopen
+    them (``echo > /dev/stdout``); /dev/null is left alone, and so is what cannot change."""
+    for fd in (0, 1, 2):
+        st = os.fstat(fd)
+        if st.st_uid == uid or (stat.S_ISCHR(st.st_mode) and st.st_rdev == os.makedev(1, 3)):
+            continue
+        try:
+            os.fchown(fd, uid, -1)
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.EROFS, errno.EINVAL):
+                raise
 
 
 if __name__ == "__main__":  # pragma: no cover - only ever forked, never run

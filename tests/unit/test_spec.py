@@ -34,9 +34,9 @@ def spec_error(kwargs: dict[str, Any], **options: Any) -> str:
 
 def test_keys_are_the_contract_keys_plus_name() -> None:
     assert KEYS == (
-        "image", "memory", "cpus", "pids", "network", "hostname", "env", "binds", "timeout",
-        "rate", "latency", "jitter", "loss", "privileged", "cap_add", "cap_drop", "seccomp",
-        "isolate", "name")
+        "image", "memory", "cpus", "pids", "network", "hostname", "env", "user", "binds",
+        "timeout", "rate", "latency", "jitter", "loss", "privileged", "cap_add", "cap_drop",
+        "seccomp", "isolate", "name")
     assert tuple(f.name for f in dataclasses.fields(BoxSpec)) == KEYS
     assert set(EXAMPLES) == set(KEYS)
 
@@ -233,8 +233,8 @@ def test_unknown_key_suggests_the_closest(key: str, message: str) -> None:
 def test_unknown_key_without_a_close_one_lists_them_all() -> None:
     assert spec_error({"zzz": 1}) == (
         "sandbox(zzz=1): unknown key (known keys: image, memory, cpus, pids, network,"
-        " hostname, env, binds, timeout, rate, latency, jitter, loss, privileged, cap_add,"
-        " cap_drop, seccomp, isolate, name)")
+        " hostname, env, user, binds, timeout, rate, latency, jitter, loss, privileged,"
+        " cap_add, cap_drop, seccomp, isolate, name)")
 
 
 def test_unknown_key_error_is_a_spec_error_with_the_key() -> None:
@@ -448,7 +448,8 @@ def test_a_hook_cannot_add_a_misspelt_attribute() -> None:
 def full_spec(host_dir: str) -> BoxSpec:
     return BoxSpec.from_kwargs({
         "image": "busybox", "memory": "64M", "cpus": 0.5, "pids": 64, "network": "private",
-        "hostname": "box", "env": {"A": "1", "B": 2}, "binds": {host_dir: "/data:ro"},
+        "hostname": "box", "env": {"A": "1", "B": 2}, "user": "1000:1000",
+        "binds": {host_dir: "/data:ro"},
         "timeout": "1m", "rate": "1mbit", "latency": "50ms", "jitter": "10ms", "loss": "1%",
         "privileged": True, "cap_add": ["NET_ADMIN"], "cap_drop": ["ALL"], "seccomp": False,
         "isolate": True, "name": "db"})
@@ -494,8 +495,8 @@ def test_describe_everything_but_env_values(host_dir: str) -> None:
     text = full_spec(host_dir).describe()
     assert text == (
         "image=busybox memory=64.0 MiB cpus=0.5 pids=64 network=private name=db hostname=box"
-        f" env=A,B binds={host_dir}:/data:ro timeout=60s rate=1mbit latency=50ms jitter=10ms"
-        " loss=1% privileged cap_add=NET_ADMIN cap_drop=ALL seccomp=off isolate")
+        f" env=A,B user=1000:1000 binds={host_dir}:/data:ro timeout=60s rate=1mbit latency=50ms"
+        " jitter=10ms loss=1% privileged cap_add=NET_ADMIN cap_drop=ALL seccomp=off isolate")
 
 
 def test_spec_does_not_import_pytest() -> None:
