@@ -1,9 +1,10 @@
 """``python -m pytest_nsbox``: see, enter and clean up boxes from a shell.
 
-Subcommands: ``ps`` (live boxes), ``enter BOX [CMD...]`` (a shell inside a running box,
-like ``nsenter``), ``gc`` (remove what crashed runs left behind), ``images`` (the image
-store). Exit status: 0 done, 1 failed (one ``nsbox: ...`` line on stderr, no traceback),
-2 bad usage; ``enter`` exits with its command's status.
+Subcommands: ``ps`` (running and kept boxes), ``enter BOX [CMD...]`` (a shell inside a
+running box, like ``nsenter``, or in a new box over a kept box's layers), ``gc`` (remove
+what crashed runs left behind), ``images`` (the image store). Exit status: 0 done, 1
+failed (one ``nsbox: ...`` line on stderr, no traceback), 2 bad usage; ``enter`` exits
+with its command's status.
 """
 from __future__ import annotations
 
@@ -67,18 +68,26 @@ def _table(rows: list[list[str]]) -> str:
                      for row in rows)
 
 
+#: ``ps``'s STATE column for ``gc.BoxInfo.state``: a box whose owner lives is running.
+PS_STATES = {"live": "running", "kept": "kept"}
+
+
 def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
-    boxes = gc.scan_boxes(dirs)
-    live = [b for b in boxes if b.state == "live"]
+    """Running boxes, then kept ones (``--nsbox-keep``): id, name, image, state, owner
+    pid, age and memory in use (kept boxes have neither owner nor memory)."""
+    boxes = gc.scan_boxes(dirs, kept=True)
+    shown = [b for b in boxes if b.state == "live"] + [b for b in boxes if b.state == "kept"]
     if args.quiet:
-        for box in live:
+        for box in shown:
             print(box.id)
         return 0
     backend = _backend(args)
-    rows = [["ID", "NAME", "IMAGE", "OWNER", "AGE", "MEMORY"]]
-    for box in live:
-        rows.append([box.id, box.name or "-", box.image or "-", str(box.owner_pid or "-"),
-                     format_age(box.age), _memory(backend, box)])
+    rows = [["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY"]]
+    for box in shown:
+        running = box.state == "live"
+        rows.append([box.id, box.name or "-", box.image or "-", PS_STATES[box.state],
+                     str(box.owner_pid or "-") if running else "-", format_age(box.age),
+                     _memory(backend, box) if running else "-"])
     print(_table(rows))
     dead = sum(1 for b in boxes if b.garbage)
     if dead:
@@ -137,28 +146,35 @@ def init_pid(box: gc.BoxInfo, backend: Any) -> int:
                    f"its owner died: {HINT_GC})")
 
 
-def _kept_message(box: gc.BoxInfo) -> str:
-    return (f"box {box.id} ({box.name or '?'}) was kept after its test ended "
-            f"(--nsbox-keep): nothing runs in it, so there is nothing to enter.\n"
-            f"Its read-write layer (what the box changed against its image) is at\n"
-            f"  {box.upper}\n"
-            f"Look at it there; `{PROG} gc --kept` removes kept boxes.")
-
-
 def cmd_enter(args: argparse.Namespace, dirs: StateDirs) -> int:
     box = find_box(dirs, args.box)
+    argv = list(args.cmd)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
     if box.state == "kept":
-        print(_kept_message(box))
-        return 1
+        return enter_kept(dirs, box, argv or ["/bin/sh"], args)
     if box.state == "starting":
         raise CliError(f"box {box.id} is still being created; try again in a moment")
     if box.state != "live":
         raise CliError(f"box {box.id} ({box.name or '?'}) is not running: its owner "
                        f"(pid {box.owner_pid or '?'}) is dead; {HINT_GC}")
-    argv = list(args.cmd)
-    if argv and argv[0] == "--":
-        argv = argv[1:]
     return enter(box, argv or ["/bin/sh"], _backend(args))
+
+
+def enter_kept(dirs: StateDirs, box: gc.BoxInfo, argv: list[str],
+               args: argparse.Namespace) -> int:
+    """Run ``argv`` in a new box over kept box ``box``'s layers (``kept.reopened``), the way
+    ``enter`` runs it in a live box; the new box is deleted when it returns, the kept
+    layer is left as it was. Returns the command's exit status."""
+    from . import kept
+    from .runtime import client
+
+    try:
+        with kept.reopened(dirs, box, args.cgroup_parent) as new:
+            info = gc.BoxInfo(new.id, new.dirs.base, gc.read_record(new.dirs.base), "live", 0.0)
+            return enter(info, argv, _backend(args))
+    finally:
+        client.shutdown()
 
 
 def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
@@ -166,7 +182,8 @@ def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
 
     Like ``nsenter -t PID -a -r`` plus joining the box's cgroup (so its limits apply and
     its teardown kills what runs here). The command runs as the host's root with every
-    capability, not under the box's own confinement.
+    capability, not under the box's own confinement, with the environment the box's
+    commands get and in its working directory (``/`` if that is gone).
     """
     from .runtime import protocol
     from .syscalls import libc
@@ -192,7 +209,10 @@ def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
         fds.append(root)
         if protocol.readable([pidfd], 0):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
-        env = {"PATH": BOX_PATH, "HOME": "/root", "TERM": os.environ.get("TERM", "dumb")}
+        # The box's own environment for its commands (image ENV, marker env), as
+        # `docker exec` gives the container's; as root, HOME is /root unless that sets it.
+        env = {"PATH": BOX_PATH, "HOME": "/root", **box.env,
+               "TERM": os.environ.get("TERM", "dumb")}
         if box.hostname:
             env["HOSTNAME"] = box.hostname
         # Children of this process are born in the box's PID namespace.
@@ -240,7 +260,10 @@ def _enter_child(box: gc.BoxInfo, argv: list[str], env: dict[str, str], procs: l
         step = "enter its root"
         os.fchdir(root)
         os.chroot(".")
-        os.chdir("/")
+        try:
+            os.chdir(box.workdir)
+        except OSError:
+            os.chdir("/")
         step = f"run {argv[0]!r}"
         os.execvpe(argv[0], argv, env)
     except BaseException as exc:  # noqa: BLE001 - a forked child must never return
@@ -364,17 +387,23 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    ps = sub.add_parser("ps", help="list live boxes",
-                        description="Live boxes: id, name, image, owner pid, age, memory.")
+    ps = sub.add_parser("ps", help="list running and kept boxes",
+                        description="Running boxes, then boxes kept by --nsbox-keep: id, "
+                                    "name, image, state (running or kept), owner pid, age, "
+                                    "memory in use.")
     ps.add_argument("-q", "--quiet", action="store_true", help="print only box ids")
     ps.set_defaults(func=cmd_ps)
 
     enter_p = sub.add_parser(
-        "enter", help="run a shell (or CMD) inside a running box, like nsenter",
+        "enter", help="run a shell (or CMD) inside a running box, like nsenter, or over a "
+                      "kept box's layers",
         description="Run CMD (default /bin/sh) inside a running box: its namespaces, its "
-                    "root and its cgroup, as root with every capability. BOX is an id, a "
-                    "name or a unique prefix of either. For a kept box, print where its "
-                    "read-write layer is.")
+                    "root and its cgroup, as root with every capability, with the box's "
+                    "environment and working directory. BOX is an id, a name or a unique "
+                    "prefix of either. For a kept box, CMD runs the same way in a new box "
+                    "over the kept box's image and read-write layer, under a fresh layer of "
+                    "its own that is deleted when CMD exits: the kept layer is never "
+                    "changed.")
     enter_p.add_argument("box", metavar="BOX")
     enter_p.add_argument("cmd", metavar="CMD", nargs=argparse.REMAINDER,
                          help="command and arguments (after --, if they start with -)")

@@ -146,6 +146,20 @@ class BoxInfo:
         return str(self._get("hostname") or "")
 
     @property
+    def env(self) -> dict[str, str]:
+        """The environment the box's commands get by default (image ENV, marker env)."""
+        env = self._get("env")
+        if not isinstance(env, dict):
+            return {}
+        return {str(k): str(v) for k, v in env.items()}
+
+    @property
+    def workdir(self) -> str:
+        """The box's working directory (the image's ``WORKDIR``), ``/`` if not recorded."""
+        workdir = self._get("workdir")
+        return workdir if isinstance(workdir, str) and workdir.startswith("/") else "/"
+
+    @property
     def owner_pid(self) -> int | None:
         pid = self._get("owner_pid")
         return pid if isinstance(pid, int) else None
@@ -191,7 +205,8 @@ def _age(st: os.stat_result, now: float) -> float:
     return now - max(st.st_mtime, st.st_ctime)
 
 
-def _read_record(path: str) -> dict[str, Any] | None:
+def read_record(path: str) -> dict[str, Any] | None:
+    """The ``owner.json`` of box directory ``path``, or None when missing or unreadable."""
     try:
         with open(os.path.join(path, "owner.json"), encoding="utf-8") as f:
             record = json.load(f)
@@ -217,7 +232,7 @@ def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            record = _read_record(entry.path)
+            record = read_record(entry.path)
             box_id = str(record.get("id") or "") if record else ""
             if not box_id:
                 # kept dirs are named <label>-<id>; box dirs are the id itself

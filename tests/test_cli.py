@@ -44,14 +44,16 @@ def cgroup_exists(box_id: str) -> bool:
 
 
 def test_ps_lists_a_live_box():
+    """A live box's STATE is ``running``, the word ``docker ps --format '{{.State}}'`` shows
+    for a running container (moby api/types/container/state.go, ``StateRunning``)."""
     with Box(image="busybox", name="cli-ps") as box:
         result = cli("ps")
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        assert lines[0].split() == ["ID", "NAME", "IMAGE", "OWNER", "AGE", "MEMORY"]
+        assert lines[0].split() == ["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY"]
         row = next(line.split() for line in lines if line.startswith(box.id))
-        assert row[1:4] == ["cli-ps", "busybox", str(os.getpid())]
-        assert row[4].endswith("s") and row[5] != "-"  # age, memory of its cgroup
+        assert row[1:5] == ["cli-ps", "busybox", "running", str(os.getpid())]
+        assert row[5].endswith("s") and row[6] != "-"  # age, memory of its cgroup
         assert box.id in cli("ps", "-q").stdout.split()
     assert box.id not in cli("ps", "-q").stdout.split()
 
@@ -68,6 +70,15 @@ def test_enter_runs_a_command_inside_the_box():
         assert result.stdout.splitlines() == ["inside", "pid1-visible", "nsbox-init"]
         assert cli("enter", "cli-enter", "sh", "-c", "exit 7").returncode == 7
 
+
+def test_enter_gets_the_boxs_environment_and_working_directory(tmp_path):
+    """Like ``docker exec``: the command gets the container's environment and runs in its
+    working directory (docker/cli docs/reference/commandline/container_exec.md: "COMMAND
+    runs in the default directory of the container ... WORKDIR"; moby daemon/exec.go
+    starts from the container's ``Config.Env``)."""
+    with Box(image="busybox", env={"FROM_MARKER": "yes"}) as box:
+        result = cli("enter", box.id, "sh", "-c", "echo $FROM_MARKER $HOME $PWD")
+        assert (result.returncode, result.stdout) == (0, "yes /root /\n"), result.stderr
 
 def test_what_enter_runs_dies_with_the_box():
     box = Box(image="busybox")
@@ -98,17 +109,18 @@ def test_enter_says_why_it_cannot():
         no_traceback(result)
 
 
-def test_enter_on_a_kept_box_shows_where_its_layer_is():
-    box = Box(image="busybox", name="cli-kept")
+def test_enter_on_a_kept_box_runs_in_a_new_box_over_its_layers():
+    """CONTRACT.md: ``enter`` runs "in a new box over a kept box's layers"; the kept layer
+    stays as it was (see tests/test_kept.py for the pytest flow)."""
+    box = Box(image="busybox", name=f"cli-kept-{os.getpid()}")
     box.run("echo changed > /tmp/file", check=True)
     box.close(keep=True)
     assert box.kept_at is not None
     try:
-        result = cli("enter", "cli-kept")
-        assert result.returncode == 1
-        assert "was kept after its test ended" in result.stdout
-        assert f"  {box.kept_at}\n" in result.stdout
-        assert os.path.exists(os.path.join(box.kept_at, "tmp", "file"))
+        result = cli("enter", box.name, "--", "sh", "-c", "cat /tmp/file; echo more >> /tmp/file")
+        assert (result.returncode, result.stdout) == (0, "changed\n"), result.stderr
+        with open(os.path.join(box.kept_at, "tmp", "file"), encoding="utf-8") as f:
+            assert f.read() == "changed\n"
     finally:
         remove_tree(os.path.dirname(box.kept_at))
 

@@ -94,7 +94,8 @@ def mounted_layers() -> set[str]:
 
 
 def prune(store: ImageStore) -> list[str]:
-    """Delete layers no image uses (nor a running box, nor a built-in); returns their ids.
+    """Delete layers no image uses (nor a running or kept box, nor a built-in); returns
+    their ids.
 
     Build cache entries, blob records and blobs that pointed at them go too.
     """
@@ -109,6 +110,10 @@ def prune(store: ImageStore) -> list[str]:
         except ImageError:
             pass
         keep.add(builtin.host_mask_key("/")[0])
+        # Kept boxes' layers stay, as `docker image prune` spares stopped containers' images.
+        from .. import kept
+
+        keep.update(kept.layers_in_use(store.dirs))
         mounted = mounted_layers()
         for base in (store.dirs.store, store.dirs.run):
             layers_dir = os.path.join(base, "layers")

@@ -136,12 +136,20 @@ class Box:
 
         attach(self)
 
-    def _write_owner(self) -> None:
-        """Who owns this box, for ``gc`` after a crash."""
-        record = {"id": self.id, "owner_pid": os.getpid(), "owner_start": _own_start_time(),
-                  "owner_lock": self._host.owner_lock(), "pid": self.pid or None,
-                  "cgroup": f"nsbox-{self.id}", "name": self.name, "image": self.spec.image,
-                  "hostname": self.hostname, "created": time.time()}
+    def _write_owner(self, kept: dict[str, Any] | None = None) -> None:
+        """Who owns this box, for ``gc`` after a crash, and for ``enter`` the environment and
+        working directory its commands get by default; ``kept`` adds the record of a kept
+        box (``kept.record``)."""
+        # created: when the box came up, also in the record rewritten when it is kept
+        self._created: float = getattr(self, "_created", None) or time.time()
+        record: dict[str, Any] = {
+            "id": self.id, "owner_pid": os.getpid(), "owner_start": _own_start_time(),
+            "owner_lock": self._host.owner_lock(), "pid": self.pid or None,
+            "cgroup": f"nsbox-{self.id}", "name": self.name, "image": self.spec.image,
+            "hostname": self.hostname, "created": self._created, "env": self._env(None),
+            "workdir": self.image.workdir}
+        if kept is not None:
+            record["kept"] = kept
         path = os.path.join(self.dirs.base, "owner.json")
         with open(path + ".tmp", "w", encoding="utf-8") as f:
             json.dump(record, f)
@@ -202,9 +210,15 @@ class Box:
             raise BoxError(f"teardown of box {self.name!r} incomplete: " + "; ".join(errors))
 
     def _keep(self) -> str:
-        dest = os.path.join(self._host.dirs.kept, f"{self.label}-{self.id}".replace("/", "_"))
+        """Move the box's layers to ``<run>/kept/<label>-<id>/`` with a record of what a
+        new box over them needs (``python -m pytest_nsbox enter``); returns the kept
+        read-write layer's path."""
+        from .. import kept
+
+        dest = os.path.join(self._host.dirs.kept, kept.dir_name(self.label, self.id))
         os.makedirs(self._host.dirs.kept, 0o700, exist_ok=True)
         remove_tree(self.dirs.work)
+        self._write_owner(kept=kept.record(self))
         os.rename(self.dirs.base, dest)
         return os.path.join(dest, "upper")
 
