@@ -24,6 +24,7 @@ from .errors import SpecError
 from .runtime import users
 from .units import (
     format_duration,
+    format_number,
     format_rate,
     format_size,
     parse_cpus,
@@ -509,7 +510,7 @@ class BoxSpec:
         if self.memory is not None:
             parts.append(f"memory={format_size(self.memory)}")
         if self.cpus is not None:
-            parts.append(f"cpus={self.cpus:g}")
+            parts.append(f"cpus={format_number(self.cpus)}")
         if self.pids is not None:
             parts.append(f"pids={self.pids}")
         parts.append(f"network={self.network}")
@@ -532,7 +533,7 @@ class BoxSpec:
         if self.jitter is not None:
             parts.append(f"jitter={format_duration(self.jitter)}")
         if self.loss is not None:
-            parts.append(f"loss={self.loss:g}%")
+            parts.append(f"loss={format_number(self.loss)}%")
         if self.privileged:
             parts.append("privileged")
         if self.cap_add:

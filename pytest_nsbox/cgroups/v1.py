@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from os import PathLike
 
 from ..errors import CgroupError
+from ..units import cpu_quota
 from .base import (
     PREFIX,
     Backend,
@@ -87,7 +88,8 @@ class V1Cgroup(Cgroup):
             self._set_memory(limits.memory)
         if "cpu" in self.dirs:
             d = self.dirs["cpu"]
-            quota = -1 if limits.cpus is None else max(CPU_MIN_QUOTA, int(limits.cpus * CPU_PERIOD))
+            quota = (-1 if limits.cpus is None
+                     else max(CPU_MIN_QUOTA, cpu_quota(limits.cpus, CPU_PERIOD)))
             self._write(os.path.join(d, "cpu.cfs_period_us"), str(CPU_PERIOD))
             self._write(os.path.join(d, "cpu.cfs_quota_us"), str(quota),
                         "a parent cgroup's cpu.cfs_quota_us is lower" if limits.cpus else None)

@@ -13,6 +13,7 @@ import time
 from os import PathLike
 
 from ..errors import CgroupError
+from ..units import cpu_quota
 from .base import (
     PARENT_SETTING,
     PREFIX,
@@ -35,7 +36,8 @@ from .base import (
     write_text,
 )
 
-#: cpu.max period in microseconds (the kernel default); quota is ``cpus * PERIOD``.
+#: cpu.max period in microseconds (the kernel default); quota is ``cpus * PERIOD``, exact
+#: (``units.cpu_quota``, as moby computes it from NanoCPUs).
 CPU_PERIOD = 100_000
 #: The kernel refuses a quota below 1 ms.
 CPU_MIN_QUOTA = 1_000
@@ -97,7 +99,7 @@ class V2Cgroup(Cgroup):
             if os.path.exists(self._file("memory.swap.max")):
                 self._set("memory.swap.max", "max", False)
         if limits.cpus is not None:
-            quota = max(CPU_MIN_QUOTA, int(limits.cpus * CPU_PERIOD))
+            quota = max(CPU_MIN_QUOTA, cpu_quota(limits.cpus, CPU_PERIOD))
             self._set("cpu.max", f"{quota} {CPU_PERIOD}", True)
         elif os.path.exists(self._file("cpu.max")):
             self._set("cpu.max", f"max {CPU_PERIOD}", False)

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import errno
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from ..units import format_duration, format_rate
+from ..units import duration_units, format_duration, format_number, format_rate, percent_u32
 from .errors import NetworkError
 
 if TYPE_CHECKING:
@@ -27,10 +28,14 @@ if TYPE_CHECKING:
 
 #: An Ethernet frame of the veths' default MTU: a token bucket smaller than one never sends.
 FRAME = 1514
-#: Bucket size: this much of the rate's worth of bytes, at least two frames.
-BURST_SECONDS = 0.02
+#: Bucket size: this much of the rate's worth of bytes, at least two frames (20 ms, exact).
+BURST_SECONDS = Fraction(1, 50)
 #: Queue before the bucket drops: this much of the rate's worth of bytes, plus the bucket.
-QUEUE_SECONDS = 0.2
+QUEUE_SECONDS = Fraction(1, 5)
+#: netem's times are in microseconds (tc's ``get_time`` units; pyroute2 then makes ticks).
+USEC_PER_SECOND = 10**6
+#: netem's probabilities are fractions of this (iproute2 tc/q_netem.c ``set_percent``).
+U32_MAX = 2**32 - 1
 #: tbf keeps bytes/s in a u32; netem keeps delays in a u32 of scheduler ticks.
 MAX_TBF_BYTES = 2**32 - 1
 MIN_RATE = 1000
@@ -68,24 +73,31 @@ def tbf_params(rate_bits: int) -> dict[str, int]:
     if rate > MAX_TBF_BYTES:
         raise NetworkError(f"rate {rate_bits}bit is above what tbf can shape "
                            f"({MAX_TBF_BYTES * 8 // 10**9} gbit); leave rate unset")
-    burst = max(int(rate * BURST_SECONDS), 2 * FRAME)
+    burst = max(int(rate * BURST_SECONDS), 2 * FRAME)  # int() of a Fraction: exact
     limit = burst + max(int(rate * QUEUE_SECONDS), 2 * FRAME)
     return {"rate": rate, "burst": burst, "limit": limit}
 
 
 def netem_params(latency: float | None, jitter: float | None,
                  loss: float | None) -> dict[str, Any]:
-    """pyroute2's netem arguments: delay and jitter in microseconds, loss in percent."""
+    """pyroute2's netem arguments: delay and jitter in microseconds, loss in percent.
+
+    Exact, with tc's rules: times are truncated to whole microseconds (iproute2
+    ``get_time``), so ``latency='1.005s'`` is 1005000 us; the loss probability is
+    ``rint(loss / 100 * UINT32_MAX)`` (``set_percent``), so ``'1%'`` is 42949673. pyroute2
+    turns a percentage into that u32 by truncating ``UINT32_MAX * pct / 100``, so the
+    percentage given to it is the exact ``Fraction`` that truncates to tc's value.
+    """
     for key, value in (("latency", latency), ("jitter", jitter)):
         if value is not None and value > MAX_DELAY:
-            raise NetworkError(f"{key} {value:g} s is more than netem can delay "
+            raise NetworkError(f"{key} {format_number(value)} s is more than netem can delay "
                                f"({MAX_DELAY:g} s)")
-    params: dict[str, Any] = {"delay": round((latency or 0.0) * 1e6),
+    params: dict[str, Any] = {"delay": duration_units(latency or 0.0, USEC_PER_SECOND),
                               "limit": NETEM_LIMIT}
     if jitter:
-        params["jitter"] = round(jitter * 1e6)
+        params["jitter"] = duration_units(jitter, USEC_PER_SECOND)
     if loss:
-        params["loss"] = loss
+        params["loss"] = Fraction(percent_u32(loss) * 100, U32_MAX)
     return params
 
 
@@ -96,7 +108,7 @@ def _netem_keys(spec: BoxSpec) -> str:
     if spec.jitter is not None:
         keys.append(f"jitter={format_duration(spec.jitter)!r}")
     if spec.loss is not None:
-        keys.append(f"loss='{spec.loss:g}%'")
+        keys.append(f"loss='{format_number(spec.loss)}%'")
     return ", ".join(keys)
 
 
@@ -127,7 +139,8 @@ def _rate_key(rate: int) -> str:
 def describe(q: Qdisc) -> str:
     """``tc``'s words for a request, for error messages."""
     where = "root" if q.parent == ROOT else f"parent {q.parent >> 16:x}:{q.parent & 0xFFFF:x}"
-    args = " ".join(f"{k} {v}" for k, v in q.params.items())
+    args = " ".join(f"{k} {float(v):g}" if isinstance(v, Fraction) else f"{k} {v}"
+                    for k, v in q.params.items())
     return f"qdisc {q.kind} {where} handle {q.handle >> 16:x}: {args}"
 
 

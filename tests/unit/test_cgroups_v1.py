@@ -137,6 +137,18 @@ def test_cpu_quota_has_a_floor(tmp_path: Path) -> None:
     assert read(root / "cpu" / "nsbox-x" / "cpu.cfs_quota_us") == "1000"
 
 
+@pytest.mark.parametrize("cpus, quota", [(0.29, "29000"), (0.57, "57000"), (0.58, "58000"),
+                                         (1.13, "113000"), (2.01, "201000"), (2.3, "230000")])
+def test_cfs_quota_is_exact(tmp_path: Path, cpus: float, quota: str) -> None:
+    """moby daemon/daemon_unix.go ``getCPUResources``: cpu.cfs_quota_us = NanoCPUs * 100000 /
+    1e9, with NanoCPUs the exact value docker/cli ``ParseCPUs`` reads (``int(0.29 *
+    100000)`` would be 28999)."""
+    root, _, b = fake(tmp_path)
+    b.create("nsbox-x", Limits(cpus=cpus))
+    assert read(root / "cpu" / "nsbox-x" / "cpu.cfs_period_us") == "100000"
+    assert read(root / "cpu" / "nsbox-x" / "cpu.cfs_quota_us") == quota
+
+
 def test_comounted_cpu_cpuacct_share_a_directory(tmp_path: Path) -> None:
     root, _, b = fake(tmp_path, ["cpu,cpuacct", "memory", "pids", "freezer"])
     cg = b.create("nsbox-x", Limits(cpus=1.5))

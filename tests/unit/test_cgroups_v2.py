@@ -152,6 +152,18 @@ def test_cpu_quota(root: Path, kernel: FakeV2Kernel, cpus: float, expected: str)
     assert read(root / "nsbox-x" / "cpu.max") == expected
 
 
+@pytest.mark.parametrize("cpus, expected", [
+    (0.29, "29000 100000"), (0.57, "57000 100000"), (1.13, "113000 100000"),
+    (2.01, "201000 100000"), (1.1, "110000 100000"), (2.3, "230000 100000")])
+def test_cpu_max_quota_is_exact(root: Path, kernel: FakeV2Kernel, cpus: float,
+                                expected: str) -> None:
+    """moby daemon/daemon_unix.go ``getCPUResources``: quota = NanoCPUs * 100000 / 1e9, with
+    NanoCPUs the exact value docker/cli ``ParseCPUs`` reads (``int(0.29 * 100000)`` would
+    be 28999)."""
+    backend(root, kernel).create("nsbox-x", Limits(cpus=cpus))
+    assert read(root / "nsbox-x" / "cpu.max") == expected
+
+
 def test_set_limits_changes_them(root: Path, kernel: FakeV2Kernel) -> None:
     cg = backend(root, kernel).create("nsbox-x", Limits(memory=64 * MiB))
     cg.set_limits(Limits(memory=128 * MiB, pids=5))

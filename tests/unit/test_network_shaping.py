@@ -40,12 +40,40 @@ def test_tbf_refuses_rates_it_cannot_represent(rate: int, words: str) -> None:
 
 
 def test_netem_params_in_microseconds_and_percent() -> None:
-    assert shaping.netem_params(0.05, 0.01, 1.5) == {
-        "delay": 50_000, "jitter": 10_000, "loss": 1.5, "limit": shaping.NETEM_LIMIT}
-    assert shaping.netem_params(None, None, 3.0) == {
-        "delay": 0, "loss": 3.0, "limit": shaping.NETEM_LIMIT}
+    params = shaping.netem_params(0.05, 0.01, 1.5)
+    assert params == {"delay": 50_000, "jitter": 10_000, "loss": params["loss"],
+                      "limit": shaping.NETEM_LIMIT}
+    assert shaping.netem_params(None, None, 3.0)["delay"] == 0
+    assert "jitter" not in shaping.netem_params(None, None, 3.0)
     with pytest.raises(NetworkError, match="latency 300 s"):
         shaping.netem_params(300.0, None, None)
+
+
+@pytest.mark.parametrize(("latency", "jitter", "loss", "delay_us", "jitter_us", "loss_u32"), [
+    ("1.005s", "1.001s", "33.3%", 1_005_000, 1_001_000, 1430224109),
+    ("50ms", "10ms", "1%", 50_000, 10_000, 42949673),
+    ("2.3ms", "0.0015ms", "0.2%", 2_300, 1, 8589935),
+    ("0.3s", None, "50%", 300_000, 0, 2147483648),
+])
+def test_netem_gets_tcs_exact_numbers_through_pyroute2(
+        latency: str, jitter: str | None, loss: str, delay_us: int, jitter_us: int,
+        loss_u32: int) -> None:
+    """iproute2 tc: ``get_time`` truncates a time to whole microseconds, q_netem.c
+    ``set_percent`` makes a loss ``rint(per * UINT32_MAX)``. pyroute2's netem encoder
+    (``sched_netem.get_parameters``: ``percent2u32``, ``time2tick``) must end with exactly
+    those numbers, where floats give 1004999 us and 42949672."""
+    from pyroute2.netlink.rtnl.tcmsg import common, sched_netem
+
+    keys = {"latency": latency, "loss": loss}
+    if jitter is not None:
+        keys["jitter"] = jitter
+    (netem,) = shaping.box_side(spec(**keys))
+    assert netem.params["delay"] == delay_us
+    assert netem.params.get("jitter", 0) == jitter_us
+    opts = sched_netem.get_parameters(netem.params)
+    assert opts["loss"] == loss_u32
+    assert opts["delay"] == common.time2tick(delay_us)
+    assert f"loss {loss_u32 * 100 / (2**32 - 1):g}" in shaping.describe(netem)
 
 
 def test_no_shaping_keys_no_qdiscs() -> None:

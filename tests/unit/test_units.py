@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -11,14 +13,20 @@ from hypothesis import strategies as st
 
 from pytest_nsbox.units import (
     MAX_SIZE,
+    cpu_quota,
+    duration_units,
+    exact,
     format_duration,
+    format_number,
     format_rate,
     format_size,
+    nano_cpus,
     parse_cpus,
     parse_duration,
     parse_percent,
     parse_rate,
     parse_size,
+    percent_u32,
 )
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -185,7 +193,7 @@ def test_parse_rate_bad(value: object, problem: str) -> None:
 def test_parse_rate_idempotent_and_format_round_trips(bits: int) -> None:
     assert parse_rate(parse_rate(bits)) == bits
     text = format_rate(bits)
-    assert parse_rate(text) == pytest.approx(bits, rel=1e-5)
+    assert parse_rate(text) == bits  # exact: "1.234567mbit", never "1.23457mbit"
 
 
 @pytest.mark.parametrize(("bits", "text"), [
@@ -261,10 +269,13 @@ def test_parse_duration_idempotent(seconds: float) -> None:
     (0.05, "50ms"),
     (0.0002, "200us"),
     (1e-7, "100ns"),
+    (1.005, "1.005s"),
+    (0.0000015, "1.5us"),
+    (86400.000001, "86400.000001s"),
 ])
 def test_format_duration(seconds: float, text: str) -> None:
     assert format_duration(seconds) == text
-    assert parse_duration(text) == pytest.approx(seconds)
+    assert parse_duration(text) == seconds
 
 
 # -- percentages ------------------------------------------------------------------------------
@@ -349,9 +360,13 @@ def test_parse_cpus_bad(value: object, problem: str) -> None:
     assert str(info.value) == problem
 
 
-@given(st.floats(min_value=1e-6, max_value=1e6))
-def test_parse_cpus_idempotent(value: float) -> None:
+@given(st.integers(min_value=1, max_value=10**14))
+def test_parse_cpus_idempotent(nanos: int) -> None:
+    value = nanos / 10**9
+    assert parse_cpus(value) == value
     assert parse_cpus(parse_cpus(value)) == value
+    assert nano_cpus(parse_cpus(value)) == nanos
+    assert parse_cpus(str(value)) == value
 
 
 def test_units_does_not_import_pytest() -> None:
@@ -388,3 +403,146 @@ def test_parsers_raise_only_value_error_and_are_idempotent(parser: Any, value: o
 def test_parsers_survive_absurd_numbers(parser: Any, value: object) -> None:
     with pytest.raises(ValueError):
         parser(value)
+
+
+# -- exact conversions: values that floats round badly ---------------------------------------
+#
+# Expected values are worked out by hand from each reference's rule on the exact decimal the
+# user wrote; the float arithmetic each line replaces gives the number in the comment.
+
+@pytest.mark.parametrize(("cpus", "quota"), [
+    (0.29, 29000),       # int(0.29 * 100000) == 28999
+    ("0.29", 29000),
+    (0.57, 57000),       # 56999
+    (0.58, 58000),       # 57999
+    (1.1, 110000),
+    (1.13, 113000),      # 112999
+    (2.3, 230000),
+    (2.01, 201000),      # 200999
+    ("1/2", 50000),      # big.Rat fraction form
+    ("3/4", 75000),
+    ("29e-2", 29000),    # big.Rat exponent form
+    (0.000123456, 12),   # 123456 nano-CPUs * 100000 // 1e9 truncates
+    (64, 6400000),
+])
+def test_cpu_quota_is_docker_nanocpus_times_period(cpus: object, quota: int) -> None:
+    """docker/cli opts/opts.go ``ParseCPUs`` reads ``--cpus`` as an exact big.Rat times 1e9
+    (NanoCPUs); moby daemon/daemon_unix.go ``getCPUResources`` sets the CFS quota to
+    ``NanoCPUs * 100000 / 1e9`` in int64 arithmetic. A float is read as its repr."""
+    assert cpu_quota(parse_cpus(cpus), 100_000) == quota
+
+
+@pytest.mark.parametrize(("cpus", "nanos"), [
+    (0.29, 290_000_000), ("0.29", 290_000_000), (1.1, 1_100_000_000),
+    (0.123456789, 123_456_789), ("1.000000001", 1_000_000_001), ("7/8", 875_000_000),
+])
+def test_nano_cpus_are_exact(cpus: object, nanos: int) -> None:
+    """docker/cli opts/opts.go ``ParseCPUs``: ``nano := cpu.Mul(cpu, big.NewRat(1e9, 1))``."""
+    assert nano_cpus(parse_cpus(cpus)) == nanos
+
+
+@pytest.mark.parametrize("cpus", ["0.0000000001", 1e-10, 0.1 + 0.2, "1/3", "1.0000000005"])
+def test_cpus_finer_than_a_nano_cpu_are_too_precise(cpus: object) -> None:
+    """docker/cli opts/opts.go ``ParseCPUs``: ``if !nano.IsInt()`` it answers "value is too
+    precise" (0.1 + 0.2 is 0.30000000000000004 to Python, 17 decimal places)."""
+    with pytest.raises(ValueError, match="too precise: at most 9 decimal places"):
+        parse_cpus(cpus)
+
+
+@given(st.integers(min_value=1, max_value=10**14), st.sampled_from([100_000, 50_000, 1_000_000]))
+def test_cpu_quota_matches_the_rational_rule(nanos: int, period: int) -> None:
+    """moby daemon/daemon_unix.go: quota = NanoCPUs * period / 1e9 (integer division), with
+    NanoCPUs the exact decimal written (docker/cli ``ParseCPUs``)."""
+    text = str(Decimal(nanos).scaleb(-9))
+    expected = int(Fraction(text) * 10**9) * period // 10**9
+    assert cpu_quota(parse_cpus(text), period) == expected
+    assert cpu_quota(parse_cpus(float(text)), period) == expected
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("1.1G", 1181116006),     # 1.1 * 2**30 = 1181116006.4, truncated
+    ("1.1g", 1181116006),
+    ("0.1k", 102),            # 102.4
+    ("0.3k", 307),            # 307.2
+    ("2.3M", 2411724),        # 2411724.8
+    ("0.57G", 612032839),     # 612032839.68
+    ("33.3K", 34099),         # 34099.2
+    ("0.0009765625k", 1),     # exactly 1 byte (1/1024 k)
+    ("1.9999999999999999999999999999999k", 2047),  # 31 digits: past Decimal's default 28
+    (0.29 * 1024, 296),       # a float is its repr: 296.96
+    (9007199254740993, 9007199254740993),  # 2**53 + 1: a float would make it ...992
+    ("9007199254740993", 9007199254740993),
+])
+def test_sizes_are_exact(value: object, expected: int) -> None:
+    """go-units ``RAMInBytes`` (docker run --memory): the number times the binary unit,
+    truncated toward zero (``int64(size)``); here on the exact decimal."""
+    assert parse_size(value) == expected
+
+
+@pytest.mark.parametrize(("value", "bits", "tbf_bytes"), [
+    ("0.3mbit", 300_000, 37_500),
+    ("2.01mbit", 2_010_000, 251_250),   # tc's doubles: 2.01 * 1e6 / 8 -> 251249
+    ("4.1mbit", 4_100_000, 512_500),    # 512499
+    ("1.1kbit", 1_100, 137),            # 137.5 bytes/s, truncated
+    ("0.57gbit", 570_000_000, 71_250_000),
+    ("1.5kibit", 1_536, 192),
+    ("2.3mbps", 18_400_000, 2_300_000),
+])
+def test_rates_are_exact(value: str, bits: int, tbf_bytes: int) -> None:
+    """iproute2 tc/tc_util.c ``get_rate64``: the number times the suffix's scale, divided by
+    8 and truncated (``*rate = bps``); here on the exact decimal."""
+    from pytest_nsbox.network.shaping import tbf_params
+
+    assert parse_rate(value) == bits
+    assert tbf_params(parse_rate(value))["rate"] == tbf_bytes
+
+
+@pytest.mark.parametrize(("value", "usec"), [
+    ("1.005s", 1_005_000),    # tc's double: 1.005 * 1e6 truncates to 1004999
+    ("1.001s", 1_001_000),
+    ("1.019s", 1_019_000),
+    ("0.3s", 300_000),
+    ("2.3ms", 2_300),
+    ("0.0015ms", 1),          # 1.5 us, truncated
+    ("100ns", 0),
+    ("50ms", 50_000),
+    (1.005, 1_005_000),       # a float is its repr
+    (0.1 + 0.2, 300_000),     # 0.30000000000000004 s: 300000.00000000004 us
+])
+def test_durations_in_microseconds_are_exact(value: object, usec: int) -> None:
+    """iproute2 tc ``get_time``: seconds times 1e6 microseconds, truncated (``*time = t``)."""
+    assert duration_units(parse_duration(value), 10**6) == usec
+
+
+@pytest.mark.parametrize(("value", "u32"), [
+    ("33.3%", 1430224109),    # 0.333 * 4294967295 = 1430224109.235
+    ("1%", 42949673),         # 42949672.95: rint rounds up; truncating gives 42949672
+    ("0.2%", 8589935),        # 8589934.59
+    ("50%", 2147483648),      # 2147483647.5: half to even
+    ("0.5%", 21474836),       # 21474836.475
+    ("100%", 4294967295),
+    ("0%", 0),
+    (2.3, 98784248),          # 98784247.785
+])
+def test_percentages_are_netem_u32_exactly(value: object, u32: int) -> None:
+    """iproute2 tc/q_netem.c ``set_percent``: ``rint(per * UINT32_MAX)`` with ``per`` the
+    percentage over 100; rint rounds half to even."""
+    assert percent_u32(parse_percent(value)) == u32
+
+
+@pytest.mark.parametrize(("value", "text"), [
+    (0.29, "0.29"), (2.0, "2"), (1e-07, "0.0000001"), (33.3, "33.3"), (1e16, "10000000000000000"),
+])
+def test_format_number_shows_what_was_written(value: float, text: str) -> None:
+    """Python's float repr (the shortest text that reads back the same float, PEP 3101 /
+    "Floating Point Arithmetic" in the tutorial) is the decimal a user wrote."""
+    assert format_number(value) == text
+    assert exact(value) == Decimal(text)
+
+
+def test_exact_reads_a_float_as_its_repr() -> None:
+    """docker/cli reads --cpus from its text; a Python float's text is its repr."""
+    assert exact(0.29) == Decimal("0.29") != Decimal(0.29)
+    assert exact(7) == 7
+    with pytest.raises(ValueError):
+        exact(math.nan)
