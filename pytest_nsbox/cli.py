@@ -340,7 +340,7 @@ def _images(args: argparse.Namespace, manage: Any, store: Any) -> int:
                          image["created"] or "-"])
         print(_table(rows))
     elif action == "build":
-        image = manage.build(store, args.path)
+        image = manage.build(store, args.path, build_args=args.build_arg, target=args.target)
         print(f"built {image.ref} {image.id}")
     elif action == "rm":
         failed = 0
@@ -428,6 +428,10 @@ def parser() -> argparse.ArgumentParser:
     build = isub.add_parser("build", help="build a fixtures image by name, or the "
                                           "Containerfile at (or in) a path")
     build.add_argument("path", metavar="NAME_OR_PATH")
+    build.add_argument("--build-arg", action="append", default=[], metavar="KEY=VALUE",
+                       help="ARG value (KEY alone: from the environment); repeatable")
+    build.add_argument("--target", default=None, metavar="STAGE",
+                       help="build this stage (default: the last)")
     rm = isub.add_parser("rm", help="remove tags or images (by id); layers stay until prune")
     rm.add_argument("refs", metavar="REF", nargs="+")
     isub.add_parser("prune", help="remove layers no image (and no running box) uses")

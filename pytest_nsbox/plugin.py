@@ -32,6 +32,8 @@ HELP_ISOLATE = ("run every collected test body inside its own box (marker keys s
                 "needs the 'host' image)")
 HELP_POOL = ("warm pool: prepare up to N boxes for the next tests while the current one runs "
              "(default 0: off)")
+HELP_BUILD_ARG = ("ARG value for Containerfile builds: KEY=VALUE (KEY alone takes its value "
+                  "from the environment); repeatable, over ini nsbox_build_args")
 # ini defaults for marker keys: nsbox_<key>
 INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "timeout", "hostname", "user")
 
@@ -45,6 +47,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nsbox-require", action="store_true", default=None, help=HELP_REQUIRE)
     group.addoption("--nsbox-keep", choices=KEEP_CHOICES, default=None, help=HELP_KEEP)
     group.addoption("--nsbox-isolate", action="store_true", default=False, help=HELP_ISOLATE)
+    group.addoption("--nsbox-build-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help=HELP_BUILD_ARG)
+    parser.addini("nsbox_build_args", HELP_BUILD_ARG + " (one KEY=VALUE per line)",
+                  type="linelist", default=[])
     parser.addini("nsbox_require", HELP_REQUIRE, type="bool", default=False)
     parser.addini("nsbox_keep", HELP_KEEP, default="never")
     parser.addini("nsbox_state_dir", HELP_STATE, default="")
@@ -120,6 +126,10 @@ class _Settings:
                                                            or "fixtures_images"))
             store.rootdir = str(self.config.rootpath)
             store.insecure_registries = list(ini("nsbox_insecure_registries"))
+            from .images.build import collect_build_args
+
+            store.build_args = collect_build_args(
+                list(ini("nsbox_build_args")), self.config.getoption("nsbox_build_arg") or [])
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             store.progress = reporter.write_line if reporter is not None else None
             hook = self.config.hook
@@ -396,9 +406,13 @@ class Images:
     def get(self, ref: str) -> Any:
         return self.settings.host.store.get(ref)
 
-    def build(self, path_or_name: Any) -> Any:
-        """Build a fixtures image by name, or a Containerfile (a file or its folder)."""
-        return self.settings.host.store.build(path_or_name)
+    def build(self, path_or_name: Any, build_args: dict[str, str] | None = None,
+              target: str | None = None) -> Any:
+        """Build a fixtures image by name, or a Containerfile (a file or its folder);
+        ``build_args`` (ARG values) go over ``--nsbox-build-arg``/ini ``nsbox_build_args``;
+        ``target`` picks the stage (default: the last)."""
+        return self.settings.host.store.build(path_or_name, build_args=build_args,
+                                              target=target)
 
     def load(self, path: Any) -> Any:
         """Import a ``docker save`` tar, an OCI layout or an OCI archive."""

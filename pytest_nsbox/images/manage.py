@@ -178,6 +178,11 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def build(store: ImageStore, name_or_path: str) -> Image:
-    """Build a fixtures image by name, or the Containerfile at (or in) a path."""
-    return store.build(name_or_path)
+def build(store: ImageStore, name_or_path: str, build_args: list[str] | None = None,
+          target: str | None = None) -> Image:
+    """Build a fixtures image by name, or the Containerfile at (or in) a path;
+    ``build_args`` are ``KEY=VALUE`` texts (``--build-arg``), ``target`` a stage."""
+    from .build import collect_build_args
+
+    return store.build(name_or_path, build_args=collect_build_args([], build_args or []),
+                       target=target)

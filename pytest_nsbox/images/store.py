@@ -100,8 +100,9 @@ class ImageStore:
     folder; default ``$NSBOX_IMAGES_DIR``, else ``./fixtures_images``), ``rootdir``
     (relative ``oci:``/``docker-archive:`` paths start there; default the working
     directory), ``insecure_registries`` (``host:port`` names reached over plain http),
-    ``progress`` (called with one line per build step and per pulled layer) and
-    ``run_timeout`` (seconds one ``RUN`` step may take).
+    ``progress`` (called with one line per build step and per pulled layer),
+    ``run_timeout`` (seconds one ``RUN`` step may take) and ``build_args`` (``ARG`` values
+    for every Containerfile build: ``--nsbox-build-arg``, ini ``nsbox_build_args``).
     """
 
     def __init__(self, dirs: StateDirs, *, images_dir: str | None = None,
@@ -113,6 +114,7 @@ class ImageStore:
         self.insecure_registries: list[str] = list(insecure_registries or [])
         self.progress = progress
         self.run_timeout = 600.0
+        self.build_args: dict[str, str] = {}
         self.last_pull: dict[str, Any] = {}  # what the last pull downloaded (for tests, CLI)
         self._cache: dict[str, Image] = {}
         self._building: list[str] = []
@@ -587,11 +589,16 @@ class ImageStore:
                    {"digest": digest, "layer": lid, "mediaType": media_type})
 
     # -- front doors ---------------------------------------------------------------------
-    def build(self, path_or_name: str | os.PathLike[str], tag: str | None = None) -> Image:
-        """Build a fixtures image by name, or the Containerfile at (or in) a path."""
+    def build(self, path_or_name: str | os.PathLike[str], tag: str | None = None,
+              build_args: dict[str, str] | None = None, target: str | None = None) -> Image:
+        """Build a fixtures image by name, or the Containerfile at (or in) a path.
+
+        ``build_args`` are ``ARG`` values (over ``self.build_args``); ``target`` names the
+        stage to build (default: the last). Raises ``ImageError``."""
         from . import build
 
-        return build.build(self, os.fspath(path_or_name), tag=tag)
+        return build.build(self, os.fspath(path_or_name), tag=tag, build_args=build_args,
+                           target=target)
 
     def load(self, path: str | os.PathLike[str], tag: str | None = None) -> Image:
         """Import a ``docker save`` tar, an OCI layout directory or an OCI archive."""
