@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
@@ -39,6 +40,31 @@ def no_leaks_around_the_suite() -> Iterator[None]:
     assert nsbox_mounts(run) == [], "nsbox mounts left in the host's mount table"
     if not others:  # counts are only meaningful when no other run shares the machine
         assert after == before, f"leaks around the suite: before {before}, after {after}"
+
+
+def user_xattr_problem(path: str | os.PathLike[str]) -> str | None:
+    """Why the filesystem of directory ``path`` cannot hold ``user.*`` extended attributes,
+    or None when it can (probed by setting one on a scratch file there)."""
+    import tempfile
+
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".xattr-probe.") as probe:
+        try:
+            os.setxattr(probe.name, "user.nsbox-probe", b"1")
+        except OSError as exc:
+            return (f"the filesystem of {path} holds no user.* extended attributes "
+                    f"({os.strerror(exc.errno or 0)}); tmpfs before Linux 6.6 has none, set "
+                    f"TMPDIR or --basetemp to a disk filesystem (ext4, xfs, btrfs)")
+    return None
+
+
+@pytest.fixture
+def user_xattrs(tmp_path: Path) -> Path:
+    """``tmp_path``, for a test that needs ``user.*`` xattrs in it; skips with the reason
+    where its filesystem has none."""
+    problem = user_xattr_problem(tmp_path)
+    if problem is not None:
+        pytest.skip(problem)
+    return tmp_path
 
 
 @pytest.fixture

@@ -16,6 +16,16 @@ directory fds opened one component at a time with ``O_NOFOLLOW`` below a private
 temporary directory, so an entry can never be written outside it: absolute names, ``..``,
 writing through a symlink, hardlinks to anything but an earlier entry of the same tar, and
 device nodes other than whiteouts are refused with an ``ImageError`` naming the entry.
+
+Whiteouts follow the image spec (``layer.md``, "Whiteouts"), whatever the order of the
+entries in the tar: a whiteout ``.wh.NAME`` hides NAME in the *lower* layers only, never an
+entry of its own layer, and an opaque marker hides the lower layers' children of its
+directory only. So the ``.wh.`` whiteouts are applied after the last entry: where the layer
+has nothing at NAME, NAME becomes a whiteout device; where the layer has a directory at
+NAME (``a/.wh.b`` next to ``a/b/c/new``), that directory becomes opaque, which is how
+overlayfs says "a new directory replacing the lower one"; where the layer has a file or a
+link at NAME, that entry already hides the lower one. A whiteout below something that is
+not a directory in this layer hides nothing more and is dropped.
 """
 from __future__ import annotations
 
@@ -301,6 +311,8 @@ class _Unpacker:
         self.source = source
         self.dir_times: list[tuple[list[str], int]] = []
         self.opaque: list[list[str]] = []
+        # ``.wh.`` whiteouts, applied after the last entry: path -> (uid, gid, mtime)
+        self.whiteouts: dict[tuple[str, ...], tuple[int, int, int]] = {}
 
     def run(self, tar: tarfile.TarFile) -> None:
         root = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -308,6 +320,10 @@ class _Unpacker:
         try:
             for member in tar:
                 self._entry(tar, member)
+            # Shortest first: a whiteout of "a" (nothing at "a" in this layer) makes "a" a
+            # whiteout device before "a/.wh.b" could make it a directory.
+            for wparts in sorted(self.whiteouts, key=lambda p: (len(p), p)):
+                self._whiteout(list(wparts), *self.whiteouts[wparts])
             for parts in self.opaque:
                 fd = self._reopen(parts)
                 if fd >= 0:
@@ -337,34 +353,40 @@ class _Unpacker:
         return ImageError(f"{self.source}: entry {name!r}: {problem}; refused (nothing was "
                           f"imported)")
 
-    def _open_dir(self, parts: list[str], create: bool, name: str) -> int:
-        """An fd of directory ``parts`` below the root, never through a symlink."""
+    def _open_dir(self, parts: list[str], create: bool, name: str, moot: bool = False) -> int:
+        """An fd of directory ``parts`` below the root, never through a symlink.
+
+        ``moot``: where this layer has something else than a directory on the way (a file,
+        a symlink, a whiteout), return -1 instead of refusing ``name``.
+        """
         fd = os.dup(self.root)
         try:
             for i, part in enumerate(parts):
                 try:
-                    sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, dir_fd=fd)
+                    sub = _open_subdir(part, fd)
                 except FileNotFoundError:
                     if not create:
                         raise
                     os.mkdir(part, 0o755, dir_fd=fd)
-                    sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                  | os.O_CLOEXEC, dir_fd=fd)
+                    sub = _open_subdir(part, fd)
                 except OSError as exc:
                     if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
                         raise
+                    if moot:
+                        os.close(fd)
+                        return -1
                     st = os.lstat(part, dir_fd=fd)
                     where = "/".join(parts[:i + 1])
                     if stat.S_ISLNK(st.st_mode):
                         raise self._refuse(name, f"it would be written through the symlink "
                                                  f"{where!r}") from None
                     if is_whiteout(st) and create:
-                        # A directory of this layer replacing what an earlier whiteout hid.
+                        # A directory of this layer replacing what an earlier whiteout
+                        # device hid: opaque, so the lower one's children stay hidden.
                         os.unlink(part, dir_fd=fd)
                         os.mkdir(part, 0o755, dir_fd=fd)
-                        sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
-                                      | os.O_CLOEXEC, dir_fd=fd)
+                        sub = _open_subdir(part, fd)
+                        self.opaque.append(parts[:i + 1])
                     else:
                         raise self._refuse(name, f"{where!r} is not a directory in this "
                                                  f"layer") from None
@@ -403,18 +425,9 @@ class _Unpacker:
             target = base[len(WHITEOUT_PREFIX):]
             if target.startswith(WHITEOUT_PREFIX) or target in ("", ".", ".."):
                 return  # aufs bookkeeping (.wh..wh.plnk, ...): nothing to apply
-            fd = self._open_dir(parent, create=True, name=m.name)
-            try:
-                try:
-                    os.lstat(target, dir_fd=fd)
-                    return  # an entry of this same layer: a whiteout only hides lower layers
-                except FileNotFoundError:
-                    pass
-                os.mknod(target, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=fd)
-                os.chown(target, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
-                os.utime(target, (m.mtime, m.mtime), dir_fd=fd, follow_symlinks=False)
-            finally:
-                os.close(fd)
+            # Applied after the last entry (see the module docstring), so that an entry of
+            # this layer at the same path wins whether it comes before or after.
+            self.whiteouts[(*parent, target)] = (m.uid, m.gid, int(m.mtime))
             return
         fd = self._open_dir(parent, create=True, name=m.name)
         try:
@@ -424,10 +437,11 @@ class _Unpacker:
                     if not stat.S_ISDIR(st.st_mode):
                         os.unlink(base, dir_fd=fd)
                         os.mkdir(base, 0o755, dir_fd=fd)
+                        if is_whiteout(st):  # a directory over a whiteout device: opaque
+                            self.opaque.append(parts)
                 except FileNotFoundError:
                     os.mkdir(base, 0o755, dir_fd=fd)
-                sub = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                              dir_fd=fd)
+                sub = _open_subdir(base, fd)
                 try:
                     self._dir_attrs(sub, m, parts)
                 finally:
@@ -497,6 +511,28 @@ class _Unpacker:
         finally:
             os.close(fd)
 
+    def _whiteout(self, parts: list[str], uid: int, gid: int, mtime: int) -> None:
+        """Apply the ``.wh.`` whiteout of ``parts`` to the finished layer directory."""
+        *parent, base = parts
+        fd = self._open_dir(parent, create=True, name="/".join(parts), moot=True)
+        if fd < 0:
+            return  # below a file, link or whiteout of this layer: nothing more to hide
+        try:
+            try:
+                st = os.lstat(base, dir_fd=fd)
+            except FileNotFoundError:
+                os.mknod(base, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=fd)
+                os.chown(base, uid, gid, dir_fd=fd, follow_symlinks=False)
+                os.utime(base, (mtime, mtime), dir_fd=fd, follow_symlinks=False)
+                return
+            if stat.S_ISDIR(st.st_mode):
+                # This layer's own directory replaces the lower one: its content stays,
+                # the lower layers' children are hidden.
+                self.opaque.append(parts)
+            # A file, link or whiteout of this layer at the path hides the lower one itself.
+        finally:
+            os.close(fd)
+
     def _dir_attrs(self, fd: int, m: tarfile.TarInfo, parts: list[str]) -> None:
         os.fchown(fd, m.uid, m.gid)
         os.fchmod(fd, m.mode & 0o7777)
@@ -508,7 +544,23 @@ class _Unpacker:
             if key.startswith(PAX_XATTR):
                 name = key[len(PAX_XATTR):]
                 if keep_xattr(name):
-                    os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
+                    try:
+                        os.setxattr(fd, name, value.encode("utf-8", "surrogateescape"))
+                    except OSError as exc:
+                        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP):
+                            raise
+                        raise self._refuse(m.name, f"the image store's filesystem cannot hold "
+                                                   f"its extended attribute {name} "
+                                                   f"({os.strerror(exc.errno)}; tmpfs before "
+                                                   f"Linux 6.6 holds no user.*): move the store "
+                                                   f"with ini nsbox_state_dir or NSBOX_STORE"
+                                           ) from None
+
+
+def _open_subdir(name: str, dirfd: int) -> int:
+    """Open directory ``name`` in ``dirfd``, never following a symlink."""
+    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                   dir_fd=dirfd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -7,6 +7,7 @@ controls every header, including the malicious ones.
 """
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -15,6 +16,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from conftest import user_xattr_problem
 
 from pytest_nsbox.errors import ImageError
 from pytest_nsbox.images import layers
@@ -135,7 +137,8 @@ def layer(tmp_path: Path) -> Path:
     whiteout(root, "etc/zz-gone")
     opaque(root, "srv/data")
     put(root, "srv/data/new", "new\n")
-    os.setxattr(root / "etc/motd", "user.origin", b"\xff\x00binary")
+    if user_xattr_problem(tmp_path) is None:  # tmpfs before Linux 6.6 has no user.*
+        os.setxattr(root / "etc/motd", "user.origin", b"\xff\x00binary")
     os.mkfifo(root / "etc/pipe")
     return root
 
@@ -154,7 +157,8 @@ def test_whiteouts_become_wh_files_and_opaque_marker_comes_first(layer: Path) ->
     assert names.index("etc") < names.index("etc/.wh.passwd")
 
 
-def test_canonical_tar_is_deterministic_and_has_no_owner_names(layer: Path) -> None:
+def test_canonical_tar_is_deterministic_and_has_no_owner_names(user_xattrs: Path,
+                                                               layer: Path) -> None:
     first, second = layer_tar(layer), layer_tar(layer)
     assert first == second
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
@@ -168,7 +172,8 @@ def test_canonical_tar_is_deterministic_and_has_no_owner_names(layer: Path) -> N
         assert tar.getmember("etc/motd").pax_headers["SCHILY.xattr.user.origin"]
 
 
-def test_round_trip_keeps_everything_and_the_diff_id(layer: Path, tmp_path: Path) -> None:
+def test_round_trip_keeps_everything_and_the_diff_id(user_xattrs: Path, layer: Path,
+                                                      tmp_path: Path) -> None:
     data = layer_tar(layer)
     got = unpack(data, tmp_path / "back")
     assert got.diff_id == diff_id(str(layer)) == got.digest
@@ -346,3 +351,198 @@ def test_merged_view_follows_layers_whiteouts_opaque_dirs_and_symlinks(tmp_path:
     # '..' after a symlink goes up from where the link points, as the kernel does.
     assert view.resolve("/bin/../etc/group")[0] == ("usr", "etc", "group")
     assert view.resolve("/nope/deeper/x") == (("nope", "deeper", "x"), None)
+
+
+# -- whiteouts as the image spec defines them, whatever the entry order --------------------
+
+def _lower(tmp_path: Path) -> Path:
+    """Layer 1 of the issue's example: ``a/b/old`` (plus a file beside ``b``)."""
+    low = tmp_path / "low"
+    put(low, "a/b/old", "old")
+    put(low, "a/b/c/older", "older")
+    put(low, "a/keep", "keep")
+    return low
+
+
+def _merged(lower: Path, upper: Path, path: str) -> bytes | str | None:
+    """What the image shows at ``path``: file bytes, "dir", or None (overlay lookup)."""
+    found = MergedView([str(lower), str(upper)]).resolve(path)[1]
+    if found is None:
+        return None
+    return "dir" if stat.S_ISDIR(found.st.st_mode) else Path(found.path).read_bytes()
+
+
+def _entries_orders(*entries: tuple[str, str, object]) -> list[tuple[tuple[str, str, object], ...]]:
+    import itertools
+
+    return list(itertools.permutations(entries))
+
+
+WHITEOUT_AND_CONTENT = _entries_orders(
+    ("a/.wh.b", "file", b""), ("a/b/c/new", "file", b"new"), ("a/b", "dir", None),
+    ("a/b/c", "dir", None))
+
+
+@pytest.mark.parametrize("entries", WHITEOUT_AND_CONTENT,
+                         ids=[" ".join(e[0] for e in o) for o in WHITEOUT_AND_CONTENT])
+def test_a_whiteout_with_content_of_its_own_layer_makes_an_opaque_dir(
+        tmp_path: Path, entries: tuple[tuple[str, str, object], ...]) -> None:
+    """OCI image-spec layer.md "Whiteouts": a whiteout applies only to lower layers; files
+    in the same layer are not hidden; entries may come in any order. So ``a/.wh.b`` with
+    ``a/b/c/new`` in layer 2 over ``a/b/old`` in layer 1 shows ``/a/b`` holding only ``c``,
+    which in overlay form is an opaque ``a/b``."""
+    low = _lower(tmp_path)
+    unpack(make_tar(*entries), tmp_path / "up")
+    assert is_opaque(str(tmp_path / "up/a/b"))
+    assert sorted(os.listdir(tmp_path / "up/a/b")) == ["c"]
+    assert _merged(low, tmp_path / "up", "/a/b/old") is None
+    assert _merged(low, tmp_path / "up", "/a/b/c/older") is None
+    assert _merged(low, tmp_path / "up", "/a/b/c/new") == b"new"
+    assert _merged(low, tmp_path / "up", "/a/keep") == b"keep"  # the whiteout's siblings stay
+
+
+@pytest.mark.parametrize("entries", [
+    (("a/.wh.b", "file", b""), ("a/b/c/new", "file", b"new")),
+    (("a/b/c/new", "file", b"new"), ("a/.wh.b", "file", b"")),
+], ids=["whiteout-first", "content-first"])
+def test_the_issue_example_without_directory_entries(
+        tmp_path: Path, entries: tuple[tuple[str, str, object], ...]) -> None:
+    """OCI image-spec layer.md "Whiteouts" (the failing input of issue 9, item 8): layer 1
+    ``a/b/old``; layer 2 ``a/.wh.b`` and ``a/b/c/new``, no directory entries, either order."""
+    low = tmp_path / "low"
+    put(low, "a/b/old", "old")
+    unpack(make_tar(*entries), tmp_path / "up")
+    view = MergedView([str(low), str(tmp_path / "up")])
+    assert view.resolve("/a/b/old")[1] is None
+    assert view.resolve("/a/b/c")[1] is not None
+    assert tree(tmp_path / "up")["a/b"][-1] is True  # opaque
+    assert "a/b/old" not in tree(tmp_path / "up")
+
+
+@pytest.mark.parametrize("entries", _entries_orders(
+    ("a/.wh.b", "file", b""), ("a/b", "dir", None)))
+def test_a_whiteout_and_an_empty_dir_of_the_same_name(
+        tmp_path: Path, entries: tuple[tuple[str, str, object], ...]) -> None:
+    """OCI image-spec layer.md "Whiteouts": the whiteout hides the lower ``a/b``; the
+    layer's own (empty) ``a/b`` stays: an empty opaque directory."""
+    low = _lower(tmp_path)
+    unpack(make_tar(*entries), tmp_path / "up")
+    assert is_opaque(str(tmp_path / "up/a/b")) and os.listdir(tmp_path / "up/a/b") == []
+    assert _merged(low, tmp_path / "up", "/a/b") == "dir"
+    assert _merged(low, tmp_path / "up", "/a/b/old") is None
+
+
+@pytest.mark.parametrize("entries", _entries_orders(
+    ("a/b/.wh..wh..opq", "file", b""), ("a/b/new", "file", b"new"), ("a/b/c/x", "file", b"x")))
+def test_an_opaque_marker_hides_only_the_lower_children(
+        tmp_path: Path, entries: tuple[tuple[str, str, object], ...]) -> None:
+    """OCI image-spec layer.md "Opaque Whiteout": ``.wh..wh..opq`` hides every lower child
+    of its directory, not the siblings in its own layer, wherever it comes in the tar."""
+    low = _lower(tmp_path)
+    unpack(make_tar(*entries), tmp_path / "up")
+    assert is_opaque(str(tmp_path / "up/a/b"))
+    assert _merged(low, tmp_path / "up", "/a/b/old") is None
+    assert _merged(low, tmp_path / "up", "/a/b/c/older") is None
+    assert _merged(low, tmp_path / "up", "/a/b/new") == b"new"
+    assert _merged(low, tmp_path / "up", "/a/b/c/x") == b"x"
+    assert _merged(low, tmp_path / "up", "/a/keep") == b"keep"
+
+
+@pytest.mark.parametrize(("kind", "arg", "expected"), [
+    ("file", b"mine", b"mine"),
+    ("symlink", "keep", b"keep"),  # a/b -> keep, the lower a/keep
+])
+@pytest.mark.parametrize("first", ["whiteout", "entry"])
+def test_a_whiteout_and_a_file_of_the_same_name(tmp_path: Path, kind: str, arg: object,
+                                                 expected: bytes, first: str) -> None:
+    """OCI image-spec layer.md "Whiteouts": a whiteout never hides an entry of its own
+    layer; the layer's file (or link) at the path replaces the lower directory."""
+    low = _lower(tmp_path)
+    wh, entry = ("a/.wh.b", "file", b""), ("a/b", kind, arg)
+    unpack(make_tar(*((wh, entry) if first == "whiteout" else (entry, wh))), tmp_path / "up")
+    st = (tmp_path / "up/a/b").lstat()
+    assert not is_whiteout(st) and not stat.S_ISDIR(st.st_mode)
+    assert MergedView([str(low), str(tmp_path / "up")]).read_bytes("/a/b") == expected
+    assert _merged(low, tmp_path / "up", "/a/b/old") is None
+
+
+def test_a_lone_whiteout_is_a_whiteout_device(tmp_path: Path) -> None:
+    """OCI image-spec layer.md "Whiteouts": ``a/.wh.b`` alone removes the lower ``a/b``."""
+    low = _lower(tmp_path)
+    unpack(make_tar(("a/.wh.b", "file", b"")), tmp_path / "up")
+    assert is_whiteout((tmp_path / "up/a/b").lstat())
+    assert _merged(low, tmp_path / "up", "/a/b") is None
+    assert _merged(low, tmp_path / "up", "/a/keep") == b"keep"
+
+
+@pytest.mark.parametrize("entries", _entries_orders(
+    (".wh.a", "file", b""), ("a/.wh.b", "file", b"")))
+def test_a_whiteout_below_a_whiteout_of_the_same_layer(
+        tmp_path: Path, entries: tuple[tuple[str, str, object], ...]) -> None:
+    """OCI image-spec layer.md "Whiteouts": ``.wh.a`` removes all of the lower ``a``; a
+    whiteout below it changes nothing, in either order (it must not bring ``a`` back as a
+    directory)."""
+    low = _lower(tmp_path)
+    unpack(make_tar(*entries), tmp_path / "up")
+    assert is_whiteout((tmp_path / "up/a").lstat())
+    assert _merged(low, tmp_path / "up", "/a") is None
+
+
+@pytest.mark.parametrize("entries", _entries_orders(
+    ("a", "file", b"file"), ("a/.wh.b", "file", b"")))
+def test_a_whiteout_below_a_file_of_the_same_layer(
+        tmp_path: Path, entries: tuple[tuple[str, str, object], ...]) -> None:
+    """OCI image-spec layer.md: the layer's file ``a`` replaces the lower directory ``a``
+    already; ``a/.wh.b`` below it hides nothing more and is not an error, in either order."""
+    low = _lower(tmp_path)
+    unpack(make_tar(*entries), tmp_path / "up")
+    assert (tmp_path / "up/a").read_bytes() == b"file"
+    assert _merged(low, tmp_path / "up", "/a") == b"file"
+
+
+@pytest.mark.parametrize("entries", [
+    (("a/b", "chr", (0, 0)), ("a/b/c/new", "file", b"new")),
+    (("a/b", "chr", (0, 0)), ("a/b", "dir", None), ("a/b/c/new", "file", b"new")),
+], ids=["implicit-dir", "dir-entry"])
+def test_a_directory_over_a_whiteout_device_is_opaque(
+        tmp_path: Path, entries: tuple[tuple[str, str, object], ...]) -> None:
+    """overlayfs (Documentation/filesystems/overlayfs.rst, "whiteouts and opaque
+    directories"): a directory made where a whiteout was is opaque, so a tar in overlay
+    form (0:0 devices) followed by content gets the same merged view as ``.wh.``."""
+    low = _lower(tmp_path)
+    unpack(make_tar(*entries), tmp_path / "up")
+    assert is_opaque(str(tmp_path / "up/a/b"))
+    assert _merged(low, tmp_path / "up", "/a/b/old") is None
+    assert _merged(low, tmp_path / "up", "/a/b/c/new") == b"new"
+
+
+def test_the_unpacked_layer_exports_as_an_opaque_marker(tmp_path: Path) -> None:
+    """OCI image-spec layer.md "Opaque Whiteout": the opaque directory made from a whiteout
+    plus content goes back out as ``.wh..wh..opq`` (canonical tar), and imports the same."""
+    unpack(make_tar(("a/b/c/new", "file", b"new"), ("a/.wh.b", "file", b"")), tmp_path / "up")
+    data = layer_tar(tmp_path / "up")
+    assert "a/b/.wh..wh..opq" in tar_names(data)
+    assert "a/.wh.b" not in tar_names(data)
+    unpack(data, tmp_path / "again")
+    assert tree(tmp_path / "again") == tree(tmp_path / "up")
+
+
+def test_a_store_without_user_xattrs_refuses_a_layer_that_has_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A layer's ``SCHILY.xattr.user.*`` PAX records (image-spec layer.md, "File
+    Attributes": xattrs are part of a layer) need a store that holds user.* xattrs; where
+    the filesystem has none (tmpfs before Linux 6.6) the import says so, not an OSError."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"SCHILY.xattr.user.origin": "x"}
+        tar.addfile(info, io.BytesIO(b""))
+
+    def no_user_xattrs(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    monkeypatch.setattr(os, "setxattr", no_user_xattrs)
+    with pytest.raises(ImageError, match=r"test.tar: entry 'f': the image store's filesystem "
+                                         r"cannot hold its extended attribute user.origin .*"
+                                         r"nsbox_state_dir or NSBOX_STORE"):
+        unpack(out.getvalue(), tmp_path / "l")
