@@ -26,7 +26,7 @@ from filelock import FileLock
 
 from ..errors import ImageError
 from ..state import remove_tree
-from . import layers as layerfs
+from . import layers as layerfs, refs
 from .image import Image
 from .store import LOCK_TIMEOUT, ImageStore, canonical_json, host_platform
 
@@ -160,44 +160,46 @@ def parse_json(data: bytes, where: str) -> Any:
 # -- import -------------------------------------------------------------------------------
 
 def load_ref(store: ImageStore, ref: str) -> Image:
-    """``oci:PATH[:TAG]``, ``oci-archive:PATH[:TAG]`` or ``docker-archive:PATH[:NAME]``."""
-    kind, _, rest = ref.partition(":")
-    path, pick = rest, None
-    if not os.path.exists(store.abspath(path)) and ":" in rest:
-        head, _, tail = rest.rpartition(":")
-        if "/" not in tail and os.path.exists(store.abspath(head)):
-            path, pick = head, tail
-        elif kind == "docker-archive":
-            # docker-archive:PATH:name:tag
-            head2, _, name = head.rpartition(":")
-            if head2 and os.path.exists(store.abspath(head2)):
-                path, pick = head2, f"{name}:{tail}"
-    full = store.abspath(path)
+    """``oci:PATH[:REF]``, ``oci-archive:PATH[:REF]`` or ``docker-archive:PATH[:NAME:TAG]``,
+    split as skopeo splits them (``refs.parse``: the path ends at the first ``:``)."""
+    parsed = refs.parse(ref)
+    full = store.abspath(parsed.path)
     if not os.path.exists(full):
-        raise ImageError(f"image {ref!r}: {full} does not exist")
-    if kind == "oci" and not os.path.isdir(full):
+        hint = ""
+        if parsed.name is not None or parsed.index is not None:
+            hint = (f" (as in skopeo, the path ends at the first ':', so this names "
+                    f"{parsed.name or f'@{parsed.index}'!r} in {parsed.path!r}; a path that "
+                    f"holds ':' cannot be named: link it elsewhere)")
+        raise ImageError(f"image {ref!r}: {full} does not exist{hint}")
+    if parsed.transport == "oci" and not os.path.isdir(full):
         raise ImageError(f"image {ref!r}: {full} is not an OCI layout directory; for a tar use "
                          f"'docker-archive:' or 'oci-archive:'")
-    return load_path(store, full, tag=pick, ref=ref)
+    if parsed.transport != "oci" and os.path.isdir(full):
+        raise ImageError(f"image {ref!r}: {full} is a directory; for an OCI layout directory "
+                         f"use 'oci:{parsed.path}'")
+    return load_path(store, full, tag=parsed.name, ref=ref, index=parsed.index)
 
 
 def load_path(store: ImageStore, path: str, tag: str | None = None,
-              ref: str | None = None) -> Image:
+              ref: str | None = None, index: int | None = None) -> Image:
+    """Import the image at ``path`` (a layout directory or an archive): the one tagged
+    ``tag``, the ``index``-th, or the only one."""
     if os.path.isdir(path):
         source: Source = DirSource(path)
         if not source.exists("index.json"):
             raise ImageError(f"{path}: not an OCI layout (no index.json)")
         with store.using():
-            return _load_oci(store, source, tag, ref or f"oci:{path}" + (f":{tag}" if tag else ""))
+            return _load_oci(store, source, tag, ref or f"oci:{path}" + (f":{tag}" if tag else ""),
+                             index)
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file or directory")
     tsource = TarSource(path)
     try:
         with store.using():
             if tsource.exists("manifest.json"):
-                return _load_docker(store, tsource, tag, ref)
+                return _load_docker(store, tsource, tag, ref, index)
             if tsource.exists("index.json"):
-                return _load_oci(store, tsource, tag, ref or f"oci-archive:{path}")
+                return _load_oci(store, tsource, tag, ref or f"oci-archive:{path}", index)
         raise ImageError(f"{path}: neither a docker save archive (manifest.json) nor an OCI "
                          f"archive (index.json)")
     finally:
@@ -230,10 +232,13 @@ def _media_type(doc: dict[str, Any], declared: str | None) -> str:
     return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
 
 
-def _load_oci(store: ImageStore, source: Source, tag: str | None, ref: str) -> Image:
+def _load_oci(store: ImageStore, source: Source, tag: str | None, ref: str,
+              number: int | None = None) -> Image:
     index = parse_json(source.read("index.json"), f"{source.name}/index.json")
     entries = index.get("manifests") or []
-    if tag is not None:
+    if number is not None:
+        entry = _nth(entries, number, source.name, "manifest(s) in index.json")
+    elif tag is not None:
         chosen = [e for e in entries if (e.get("annotations") or {}).get(REF_NAME) == tag]
         if not chosen:
             names = sorted({(e.get("annotations") or {}).get(REF_NAME, "?") for e in entries})
@@ -248,6 +253,13 @@ def _load_oci(store: ImageStore, source: Source, tag: str | None, ref: str) -> I
         raise ImageError(f"{source.name}: {len(entries)} images in the layout; name one, e.g. "
                          f"oci:{source.name}:{names[0] if names else 'latest'}")
     return _load_entry(store, source, entry, ref, tags=[])
+
+
+def _nth(items: list[Any], number: int, where: str, what: str) -> Any:
+    """The ``@number`` image of a layout or archive (containers/image ``sourceIndex``)."""
+    if number >= len(items):
+        raise ImageError(f"{where}: invalid source index @{number}, only {len(items)} {what}")
+    return items[number]
 
 
 def _load_entry(store: ImageStore, source: Source, entry: dict[str, Any], ref: str,
@@ -376,15 +388,27 @@ def import_layer(store: ImageStore, opener: Callable[[], IO[bytes]], digest: str
 
 
 def _load_docker(store: ImageStore, source: TarSource, pick: str | None,
-                 ref: str | None) -> Image:
+                 ref: str | None, number: int | None = None) -> Image:
     where = f"{source.name}/manifest.json"
     manifest = parse_json(source.read("manifest.json"), where)
     if not isinstance(manifest, list) or not manifest:
         raise ImageError(f"{where}: expected a list of images")
-    if pick is not None:
-        chosen = [m for m in manifest if pick in (m.get("RepoTags") or [])]
+    if number is not None:
+        item = _nth(manifest, number, source.name, "manifest item(s) in manifest.json")
+    elif pick is not None:
+        # As containers/image's ChooseManifestItem: RepoTags compared as normalized docker
+        # references ("app:1.0" is "docker.io/library/app:1.0").
+        try:
+            wanted: str | None = refs.docker_name(pick, pick)
+        except ImageError:
+            wanted = None  # not a docker reference: only an exact RepoTags entry matches
+        chosen = [m for m in manifest
+                  if any(t == pick or (wanted is not None and refs.same_docker_name(t, wanted))
+                         for t in (m.get("RepoTags") or []))]
         if not chosen:
-            raise ImageError(f"{source.name}: no image tagged {pick!r}")
+            tags = sorted(t for m in manifest for t in (m.get("RepoTags") or []))
+            raise ImageError(f"{source.name}: no image tagged {pick!r} (tags: "
+                             f"{', '.join(tags) or 'none'})")
         item = chosen[0]
     elif len(manifest) == 1:
         item = manifest[0]
@@ -455,8 +479,12 @@ def save(image: Image, path: str, format: str = "oci", tag: str | None = None) -
     if tag is not None:
         if ":" in tag and format == "docker-archive":
             name, _, tag = tag.rpartition(":")
-        elif "/" in tag or ":" in tag:
-            raise ImageError(f"save(tag={tag!r}): an OCI layout tag is one word, e.g. 'v1'")
+        elif format == "docker-archive" and "/" in tag:
+            raise ImageError(f"save(tag={tag!r}): a docker tag is one word, e.g. 'v1' or "
+                             f"'app:v1'")
+        elif not refs.valid_oci_ref_name(tag):
+            raise ImageError(f"save(tag={tag!r}): not an OCI ref name (letters and digits "
+                             f"joined by '-._:@+', e.g. 'v1' or 'app:1.0', as skopeo writes)")
     tag = tag or default_tag
     with store.using():
         writer = _Exporter(store, image, compress=format == "oci")
