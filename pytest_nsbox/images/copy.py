@@ -709,7 +709,8 @@ def plan(keyword: str, source: Source, srcs: Sequence[str], dest: str, *,
         items.append(_Item(f"<<{name}", posixpath.basename(name) or name, None,
                            data.encode() if isinstance(data, str) else bytes(data)))
     link = link and mode is None
-    files = [i for i in items if i.found is None or not stat.S_ISDIR(i.found.st.st_mode)]
+    files = [i for i in items if not i.unpack
+             and (i.found is None or not stat.S_ISDIR(i.found.st.st_mode))]
     if len(items) > 1 and files and not dest_full.endswith("/"):
         # The reference's rule. BuildKit does not check it: it merges several folders
         # into one (its own exclude_patterns_test.go does) but writes each file over the
@@ -754,9 +755,16 @@ def _items(source: Source, src: str, at: str, unpack: bool, parents: bool) -> li
                 raise _missing(source, src, posixpath.join(_clean_source(pivot), pattern), at)
         src = pivot
     out = []
-    for match in _expand(source, src):
+    try:
+        matches = _expand(source, src)
+    except ImageError as exc:
+        raise ImageError(f"{at} {src}: {exc} in {source.label}") from None
+    for match in matches:
         path = "/" + "/".join(match)
-        _parts, found = source.find(path)
+        try:
+            _parts, found = source.find(path)
+        except ImageError as exc:
+            raise ImageError(f"{at} {src}: {exc} in {source.label}") from None
         if found is None:
             raise _missing(source, src, path, at)
         extract = (unpack and include is None and stat.S_ISREG(found.st.st_mode)

@@ -37,7 +37,6 @@ import os
 import shutil
 import stat
 import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -734,7 +733,7 @@ class MergedView:
             if hit is not None and stat.S_ISLNK(hit[1].st_mode) and (todo or follow_last):
                 hops += 1
                 if hops > MAX_SYMLINK_HOPS:
-                    raise ImageError(f"{path}: too many levels of symbolic links in the image")
+                    raise ImageError(f"{path}: too many levels of symbolic links (a loop?)")
                 target = os.readlink(hit[0])
                 if target.startswith("/"):
                     cur = list(root)
@@ -783,10 +782,3 @@ class MergedView:
             return None
         with open(found.path, "rb") as f:
             return f.read()
-
-    def walk_missing(self, parts: tuple[str, ...]
-                     ) -> Iterator[tuple[tuple[str, ...], Found | None]]:
-        """For each prefix of ``parts``: the directory the image has there, or None."""
-        for i in range(1, len(parts) + 1):
-            hit = lookup(self.layers, list(parts[:i]))
-            yield parts[:i], (Found(hit[0], hit[1], parts[:i]) if hit else None)

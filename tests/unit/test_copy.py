@@ -242,6 +242,15 @@ def test_a_source_symlink_is_copied_as_its_targets_content_under_its_own_name(
     st = w.lstat("/into/foo.txt")
     assert st is not None and stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == 0o640
     assert w.read("/into/foo.txt") == "bar\n"
+    link(w.ctx, "C/chain", "/B/foo.txt")  # a link to a link, absolute in the context
+    w.step("COPY", ["C/chain"], "/into/")
+    assert w.listdir("/into") == ["chain", "foo.txt"]
+    assert w.read("/into/chain") == "bar\n"
+    link(w.ctx, "loop/a", "b")
+    link(w.ctx, "loop/b", "a")
+    with pytest.raises(ImageError, match=r"COPY loop/a: /loop/a: too many levels of symbolic "
+                                         r"links \(a loop\?\) in the build context"):
+        w.plan("COPY", ["loop/a"], "/x")
 
 
 def test_a_source_symlink_to_a_folder_copies_the_folders_contents(w: World) -> None:
@@ -739,6 +748,9 @@ def test_add_extracts_a_local_tar_told_by_content(w: World, compress: str) -> No
     st = os.lstat(layer / "opt/pkg/mod.py")
     assert (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime) == \
         (0o640, 7, 8, 1_500_000_000)
+    (w.ctx / "second.tar").write_bytes(make_tar(("pkg/other.py", b"2\n")))
+    w.step("ADD", ["bundle.bin", "second.tar"], "/both")  # archives extract into the folder
+    assert w.listdir("/both/pkg") == ["mod.py", "other.py"]
     w.step("ADD", ["bundle.bin"], "/raw.bin", unpack=False)
     assert (w.view().read_bytes("/raw.bin") or b"") == packed
     w.step("COPY", ["bundle.bin"], "/copied.bin")
