@@ -315,6 +315,27 @@ def test_errors_name_the_file_line_and_instruction(text: str, message: str) -> N
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.parametrize("instruction, message", [
+    *[(k, f"{k} requires exactly one argument")
+      for k in ("MAINTAINER", "WORKDIR", "USER", "STOPSIGNAL")],
+    *[(k, f"{k} requires at least one argument")
+      for k in ("ENV", "LABEL", "ONBUILD", "HEALTHCHECK", "EXPOSE", "VOLUME")],
+    *[(f"{k} arg1", f"{k} requires at least two arguments, but only one was provided. "
+                    f"Destination could not be determined") for k in ("ADD", "COPY")],
+    ("MAINTAINER --boo joe@example.com", "unknown flag: --boo"),
+    ("ONBUILD FROM scratch", "FROM isn't allowed as an ONBUILD trigger"),
+    ("ONBUILD ONBUILD RUN touch foobar", "Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
+    ("foo bar", "'foo' is not supported: it is not a Dockerfile instruction"),
+])
+def test_buildkit_instruction_errors(instruction: str, message: str) -> None:
+    """moby/buildkit instructions/parse_test.go TestCommandsExactlyOneArgument,
+    TestCommandsAtLeastOneArgument, TestCommandsNoDestinationArgument and TestErrorCases
+    (BuildKit's messages; an unknown instruction is worded for this project)."""
+    with pytest.raises(ImageError) as info:
+        parse(f"FROM a\n{instruction}\n", "CF")
+    assert f"CF:2: {instruction.split()[0]}: {message}" in str(info.value)
+
+
 def test_directives_only_before_anything_else() -> None:
     """moby/buildkit parser/directives.go: directives are read only before the first
     comment, blank line or instruction (testfiles/escape-after-comment shows the effect);
