@@ -2,7 +2,8 @@
 
 Each test builds small Containerfiles in a store of its own (``Fresh`` from
 test_images.py) and looks at the result with busybox tools in a box. The unit tests of
-the same rules, on plain directories, are tests/unit/test_copy.py.
+the same rules, on plain directories, are tests/unit/test_copy.py (ADD's archive rules
+too; tests/test_containerfile_build.py builds an ADD of an archive and of a URL).
 
 References: the Dockerfile reference (moby/buildkit frontend/dockerfile/docs/reference.md,
 sections COPY and ADD); BuildKit frontend/dockerfile/dockerfile2llb/convert_copy.go
@@ -11,9 +12,7 @@ copy/copy.go; moby/go-archive archive.go ``Unpack``; moby/moby#47367.
 """
 from __future__ import annotations
 
-import io
 import os
-import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -120,32 +119,6 @@ def test_chown_and_symbolic_chmod(fresh: Fresh) -> None:
     os.chmod(folder / "tree/sub", 0o700)
     out = sh(fresh, "app", "cd /tree && stat -c '%a %u:%g %n' plain.txt sub sub/tool")
     assert out.splitlines() == ["644 1:1 plain.txt", "755 1:1 sub", "755 1:1 sub/tool"]
-
-
-def _tgz(files: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o755
-            tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-def test_add_extracts_a_local_archive_and_refuses_urls(fresh: Fresh) -> None:
-    """Dockerfile reference, ADD: a local tar (here gzip'd, with a name that does not say
-    so) is extracted into the destination; ``--unpack=false`` keeps it a file; a URL is
-    an error naming the line, since builds have no network."""
-    folder = fresh.image_dir("app", "FROM busybox\nADD bundle.bin /opt/\n"
-                                    "ADD --unpack=false bundle.bin /keep/\n")
-    (folder / "bundle.bin").write_bytes(_tgz({"tool/run.sh": b"#!/bin/sh\necho ran\n"}))
-    out = sh(fresh, "app", "/opt/tool/run.sh; ls /keep")
-    assert out.splitlines() == ["ran", "bundle.bin"]
-    fresh.image_dir("net", "FROM busybox\nADD https://example.com/x.tgz /x/\n")
-    with pytest.raises(ImageError, match=r"net/Containerfile:2: ADD https://example\.com/x\.tgz"
-                                         r": a URL, and nsbox builds have no network"):
-        fresh.store.build("net")
 
 
 def test_copy_from_a_stage_reads_its_merged_layers(fresh: Fresh) -> None:
