@@ -794,6 +794,24 @@ def test_add_entries_resolve_with_the_destination_as_root(w: World) -> None:
     assert (stat.S_IMODE(st.st_mode), st.st_uid) == (0o755, 0)
 
 
+def test_add_through_a_symlink_the_archive_made_stays_in_the_destination(w: World) -> None:
+    """The "tar-slip" shape: an entry ``esc -> /etc`` (or ``../../..``) then ``esc/x``.
+    go-archive resolves the parent inside the destination (``resolveArchivePath``), so
+    ``esc/x`` lands in <dest>/etc/x and nothing outside the layer is written. A destination
+    that is a symlink of the image is followed first (unpack.go: ``fs.RootPath``)."""
+    (w.base / "real").mkdir()
+    link(w.base, "dest", "/real")
+    (w.ctx / "slip.tar").write_bytes(make_tar(
+        entry("esc", tarfile.SYMTYPE, "/etc"), ("esc/x", b"abs"),
+        entry("up", tarfile.SYMTYPE, "../../../../.."), ("up/y", b"rel")))
+    layer = w.step("ADD", ["slip.tar"], "/dest/")
+    assert (layer / "real/etc/x").read_text() == "abs"
+    assert (layer / "real/y").read_text() == "rel"
+    assert os.readlink(layer / "real/esc") == "/etc"
+    assert w.read("/etc/passwd").startswith("root:")  # the image's own /etc is untouched
+    assert sorted(p.name for p in layer.iterdir()) == ["real"]
+
+
 def test_add_a_folder_entry_replaces_a_symlink_as_go_archive_does(w: World) -> None:
     """go-archive ``Unpack``: an existing non-folder at an entry's path is removed and
     replaced, a folder entry onto a symlink too (unlike COPY, which follows it)."""
