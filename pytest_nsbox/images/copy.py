@@ -193,7 +193,7 @@ def _compile_pattern(pattern: str) -> tuple[str, re.Pattern[str] | None]:
             out += ch
             kind = "regex"
         else:
-            out += re.escape(ch) if ch == "^" and n else ch
+            out += ch  # as patternmatcher: other characters go into the regex as they are
         n += 1
     if kind != "regex":
         return kind, None
