@@ -41,7 +41,7 @@ from filelock import FileLock
 
 from ..errors import ImageError
 from ..state import StateDirs, remove_tree
-from . import builtin, layers as layerfs
+from . import builtin, layers as layerfs, storefs
 from .image import Image
 
 LOCK_TIMEOUT = 600.0
@@ -260,6 +260,8 @@ class ImageStore:
         with FileLock(os.path.join(self.dirs.locks, f"layer-{key}.lock"), timeout=LOCK_TIMEOUT):
             if os.path.isdir(final):
                 return final
+            if not volatile:
+                storefs.check(os.path.join(base, "tmp"), self.dirs.store)
             tmp = os.path.join(base, "tmp", f"{key}.{secrets.token_hex(4)}")
             os.mkdir(tmp, 0o755)
             try:
@@ -273,6 +275,7 @@ class ImageStore:
     def new_tmp(self, what: str) -> str:
         """A private empty directory on the store's filesystem, for a layer being made."""
         os.makedirs(self.path("tmp"), exist_ok=True)
+        storefs.check(self.path("tmp"), self.dirs.store)
         tmp = self.path("tmp", f"{what}.{secrets.token_hex(6)}")
         os.mkdir(tmp, 0o755)
         return tmp
