@@ -5,6 +5,10 @@ what is timed is what a user's suite pays: the plugin, the fixture, the box. The
 per sandboxed test is ``(t_box - t_plain) / N``; pytest's own start-up cancels out. A
 conftest records each test's setup duration (what a test waits for its box; the warm
 pool's effect shows there) into a JSON file named by ``NSBOX_BENCH_SETUP_LOG``.
+
+A third suite, ``nobox``, holds plain tests and no conftest (whose nsbox hook would be an
+unknown hook without the plugin): run with the plugin and with ``-p no:nsbox``, it gives
+what the plugin costs a session that uses no box.
 """
 from __future__ import annotations
 
@@ -66,6 +70,10 @@ def test_plain(i):
 '''
 
 
+#: Tests in the ``nobox`` suite.
+NOBOX_TESTS = 100
+
+
 class SuiteFailed(Exception):
     pass
 
@@ -85,20 +93,25 @@ class Suites:
         self.base = base
         self.n = n
         os.makedirs(base)
-        for kind, text in (("box", BOX_TESTS), ("plain", PLAIN_TESTS)):
+        for kind, text, count in (("box", BOX_TESTS, n), ("plain", PLAIN_TESTS, n),
+                                  ("nobox", PLAIN_TESTS, NOBOX_TESTS)):
             d = os.path.join(base, kind)
             os.mkdir(d)
-            for name, content in (("pytest.ini", INI), ("conftest.py", CONFTEST),
-                                  (f"test_{kind}.py", text.format(n=n))):
+            files = [("pytest.ini", INI), (f"test_{kind}.py", text.format(n=count))]
+            if kind != "nobox":
+                files.append(("conftest.py", CONFTEST))
+            for name, content in files:
                 with open(os.path.join(d, name), "w", encoding="utf-8") as f:
                     f.write(content)
 
-    def run(self, kind: str, *args: str) -> SuiteRun:
-        """Run suite ``kind`` (``box`` or ``plain``); extra args go to pytest."""
+    def run(self, kind: str, *args: str, env_extra: dict[str, str] | None = None,
+            env_drop: tuple[str, ...] = ()) -> SuiteRun:
+        """Run suite ``kind`` (``box``, ``plain`` or ``nobox``); extra args go to pytest."""
         d = os.path.join(self.base, kind)
         log = os.path.join(self.base, f"setup-{kind}.json")
         env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PYTEST_", "NSBOX_TRACE", "COV_"))}
+               if not k.startswith(("PYTEST_", "NSBOX_TRACE", "COV_")) and k not in env_drop}
+        env.update(env_extra or {})
         env["NSBOX_BENCH_SETUP_LOG"] = log
         argv = [sys.executable, "-m", "pytest", "-q", *args]
         t0 = time.perf_counter()
@@ -136,6 +149,29 @@ class Suites:
         b = sorted(box, key=lambda r: r.seconds)[len(box) // 2]
         p = sorted(plain, key=lambda r: r.seconds)[len(plain) // 2]
         return b, p, (b.seconds - p.seconds) * 1000 / self.n
+
+
+    def no_box_session(self, rounds: int) -> tuple[list[float], list[float]]:
+        """Wall ms of the ``nobox`` suite with the plugin and with ``-p no:nsbox``, in
+        ``rounds`` interleaved rounds (each runs both, the order alternating; one warm-up
+        round first): ``(with_plugin, without)``.
+
+        Both sides run with bytecode caching on (``PYTHONPYCACHEPREFIX`` in the bench's
+        directory, ``PYTHONDONTWRITEBYTECODE`` dropped), as in an installed environment,
+        where every module's ``.pyc`` exists: a machine that sets
+        ``PYTHONDONTWRITEBYTECODE`` would otherwise charge each session the compiling of
+        every module it imports, which is not the plugin's cost."""
+        on: list[float] = []
+        off: list[float] = []
+        runs: list[tuple[list[float], tuple[str, ...]]] = [(on, ()), (off, ("-p", "no:nsbox"))]
+        cache = {"PYTHONPYCACHEPREFIX": os.path.join(self.base, "pycache")}
+        for r in range(rounds + 1):
+            for samples, args in (runs if r % 2 == 0 else runs[::-1]):
+                seconds = self.run("nobox", *args, env_extra=cache,
+                                   env_drop=("PYTHONDONTWRITEBYTECODE",)).seconds
+                if r:
+                    samples.append(seconds * 1000)
+        return on, off
 
 
 def median_or_none(values: list[float]) -> float | None:

@@ -4,7 +4,10 @@ Data flows one way: marker kwargs are validated into a ``BoxSpec`` at collection
 stashed and raised at setup, naming the test), the spec goes through the
 ``pytest_nsbox_box_spec`` hook, a ``Box`` is started from it, and at teardown each box's
 commands are summarized into the report of a failed test. Heavy modules are imported
-inside hooks so ``pytest --help`` stays fast.
+inside hooks so ``pytest --help`` stays fast, and a session that uses no box pays for
+nothing: the image store, the cgroup backend, garbage collection and the zygote all wait
+for the first box (the first use of ``nsbox``, ``nsbox_factory``, ``nsbox_images`` or
+isolate).
 """
 from __future__ import annotations
 
@@ -79,6 +82,9 @@ def pytest_configure(config: pytest.Config) -> None:
     if keep not in KEEP_CHOICES:
         raise pytest.UsageError(f"ini nsbox_keep={keep!r}: use one of {', '.join(KEEP_CHOICES)}")
     config.stash[_settings_key] = _Settings(config, keep)
+    from .runtime import client  # light: the zygote itself starts with the first box
+
+    client.hold()  # released at unconfigure; the last session of the process closes it
 
 
 class _Settings:
@@ -89,6 +95,7 @@ class _Settings:
         self.keep = keep
         cli = config.getoption("nsbox_require")
         self.require = bool(cli) if cli is not None else bool(config.getini("nsbox_require"))
+        self.isolate_all = bool(config.getoption("nsbox_isolate"))
         self.defaults = {key: config.getini(f"nsbox_{key}") for key in INI_DEFAULT_KEYS
                          if config.getini(f"nsbox_{key}")}
         self.kept: list[tuple[str, str]] = []
@@ -101,6 +108,15 @@ class _Settings:
         self._pool: Any = None
         self.positions: dict[str, int] = {}
         self.items: list[pytest.Item] = []
+        if self.pool_size > 0:
+            self.register(_Prefetch)
+
+    def register(self, hooks: type[_PerTest]) -> None:
+        """Add one kind of per-test hooks to this session (once)."""
+        name = f"nsbox-{hooks.__name__.strip('_').lower()}"
+        manager = self.config.pluginmanager
+        if manager.get_plugin(name) is None:
+            manager.register(hooks(), name)
 
     @property
     def pool(self) -> Any:
@@ -112,6 +128,8 @@ class _Settings:
 
     @property
     def host(self) -> Any:
+        """The session's ``Host``, made at the first box (or image) the session asks for;
+        that is also when garbage of dead owners is collected (see ``_collect_garbage``)."""
         if self._host is None:
             from .runtime import host as host_mod
             from .state import StateDirs
@@ -136,7 +154,34 @@ class _Settings:
             self._host.store.resolvers.append(
                 lambda ref: hook.pytest_nsbox_resolve_image(ref=ref))
             host_mod.configure(self._host)
+            self._collect_garbage()
         return self._host
+
+    def _collect_garbage(self) -> None:
+        """What crashed runs left behind (dead owners' boxes, cgroups, networks), once per
+        process, before its first box. Under xdist each worker that makes boxes does it
+        (collectors take turns on ``<run>/gc.lock``; one that finds it taken skips);
+        not inside an isolated test, nor where boxes cannot run. Its problem lines go to
+        the terminal, not to the capture of the test that happens to be first."""
+        from . import isolate
+        from .errors import HostNotSupported
+        from .runtime.host import check_host
+
+        if isolate.inner():
+            return
+        try:
+            check_host()
+        except HostNotSupported:
+            return
+        from .gc import collect_at_session_start
+
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        host = self._host
+        if capture is None:
+            collect_at_session_start(host.dirs, host.cgroup_parent)
+            return
+        with capture.global_and_fixture_disabled():
+            collect_at_session_start(host.dirs, host.cgroup_parent)
 
 
 _settings_key = pytest.StashKey[_Settings]()
@@ -178,58 +223,88 @@ def _item_spec(item: pytest.Item) -> BoxSpec:
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Validate every marker now, so a typo is caught before any box is built; the error
-    # is raised at setup of that test alone (the rest of the session runs).
-    from .errors import SpecError
-
+    # is raised at setup of that test alone (the rest of the session runs). The per-test
+    # hooks are registered only where this session needs them (see ``_PerTest``).
+    settings = config.stash[_settings_key]
+    bad = isolated = False
     for item in items:
         if item.get_closest_marker(MARKER) is not None:
             try:
-                _item_spec(item)
-            except SpecError:
-                pass
+                spec = _item_spec(item)
+            except Exception:
+                bad = True
+            else:
+                isolated = isolated or spec.isolate
+    if bad:
+        settings.register(_SpecErrors)
+    if isolated or settings.isolate_all:
+        settings.register(_Isolation)
 
 
-def pytest_sessionstart(session: pytest.Session) -> None:
-    """Collect what crashed runs left behind (dead owners' boxes, cgroups, networks)."""
-    settings = session.config.stash.get(_settings_key, None)
-    if settings is None or hasattr(session.config, "workerinput"):
-        return  # xdist workers: the controller collects
-    from . import isolate
-    from .errors import HostNotSupported
-    from .runtime.host import check_host
-
-    if isolate.inner():
-        return
-    try:
-        check_host()
-    except HostNotSupported:
-        return
-    from .gc import collect_at_session_start
-
-    host = settings.host
-    collect_at_session_start(host.dirs, host.cgroup_parent)
+class _PerTest:
+    """Hooks that run for every test, registered only in sessions that need them, so a
+    session that uses no box pays no per-test cost: ``_SpecErrors`` when a marker is
+    invalid, ``_Isolation`` when a test is isolated, ``_Prefetch`` with a warm pool,
+    ``_BoxReports`` from the first box factory on."""
 
 
-def pytest_collection_finish(session: pytest.Session) -> None:
-    settings = session.config.stash[_settings_key]
-    settings.items = list(session.items)
-    settings.positions = {item.nodeid: i for i, item in enumerate(settings.items)}
+class _SpecErrors(_PerTest):
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        """A marker's spec was validated at collection and its error stashed: fail the
+        test now, whether or not it uses a box."""
+        found = item.stash.get(spec_key, None)
+        if not isinstance(found, Exception):
+            return
+        from .errors import SpecError
+
+        if isinstance(found, SpecError):
+            pytest.fail(f"{item.nodeid}: {found}", pytrace=False)
+        raise found
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    """With a warm pool, start the boxes of the next tests now, in the background."""
-    settings = item.config.stash[_settings_key]
-    if settings.pool_size <= 0:
-        return
-    if hasattr(item.config, "workerinput"):  # xdist decides what runs next: look one ahead
-        upcoming = [nextitem] if nextitem is not None else []
-    else:
-        start = settings.positions.get(item.nodeid, -1) + 1
-        upcoming = settings.items[start:start + 2 * settings.pool_size]
-    for future in upcoming:
-        if "nsbox" in getattr(future, "fixturenames", ()) and settings.pool.wanted(future.nodeid):
-            _prefetch(future, settings)
+class _Isolation(_PerTest):
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
+        """``isolate``: run the test body in a box instead of here."""
+        wanted = pyfuncitem.config.stash[_settings_key].isolate_all
+        found = pyfuncitem.stash.get(spec_key, None)  # marked tests' specs, from collection
+        if not wanted and (found is None or isinstance(found, Exception) or not found.isolate):
+            return None
+        from . import isolate
+
+        if isolate.inner():
+            return None
+        spec = _item_spec(pyfuncitem)
+        factory = BoxFactory(pyfuncitem)
+        box = factory(name=f"isolated-{pyfuncitem.name}"[:63].replace("[", "-").replace("]", ""))
+        try:
+            isolate.run_inside(box, pyfuncitem, spec.timeout)
+        finally:
+            if "nsbox_factory" not in pyfuncitem.fixturenames:  # else it goes with the others
+                box.close()
+        return True
+
+
+class _Prefetch(_PerTest):
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        settings = session.config.stash[_settings_key]
+        settings.items = list(session.items)
+        settings.positions = {item.nodeid: i for i, item in enumerate(settings.items)}
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> None:
+        """With a warm pool, start the boxes of the next tests now, in the background."""
+        settings = item.config.stash[_settings_key]
+        if hasattr(item.config, "workerinput"):  # xdist decides what runs next: look one ahead
+            upcoming = [nextitem] if nextitem is not None else []
+        else:
+            start = settings.positions.get(item.nodeid, -1) + 1
+            upcoming = settings.items[start:start + 2 * settings.pool_size]
+        for future in upcoming:
+            if ("nsbox" in getattr(future, "fixturenames", ())
+                    and settings.pool.wanted(future.nodeid)):
+                _prefetch(future, settings)
 
 
 def _prefetch(item: pytest.Item, settings: _Settings) -> None:
@@ -246,53 +321,23 @@ def _prefetch(item: pytest.Item, settings: _Settings) -> None:
     settings.pool.prefetch(item.nodeid, spec, label=item.name)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_runtest_setup(item: pytest.Item) -> None:
-    if item.get_closest_marker(MARKER) is None:
-        return
-    from .errors import SpecError
+class _BoxReports(_PerTest):
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]
+                                  ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+        """Record the reports of tests with boxes (their outcome decides ``--nsbox-keep``),
+        and add the boxes' commands to the report of a failed setup or call."""
+        report = yield
+        boxes = item.stash.get(boxes_key, None)
+        if boxes is None:  # no box factory in this test
+            return report
+        item.stash.setdefault(reports_key, {})[report.when] = report
+        if boxes and report.failed and report.when in ("setup", "call"):
+            from .report import box_section
 
-    try:
-        _item_spec(item)
-    except SpecError as exc:
-        pytest.fail(f"{item.nodeid}: {exc}", pytrace=False)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_pyfunc_call(pyfuncitem: pytest.Function) -> bool | None:
-    """``isolate``: run the test body in a box instead of here."""
-    from . import isolate
-
-    if isolate.inner():
-        return None
-    wanted = pyfuncitem.config.getoption("nsbox_isolate")
-    if not wanted and pyfuncitem.get_closest_marker(MARKER) is None:
-        return None
-    spec = _item_spec(pyfuncitem)
-    if not (wanted or spec.isolate):
-        return None
-    factory = BoxFactory(pyfuncitem)
-    box = factory(name=f"isolated-{pyfuncitem.name}"[:63].replace("[", "-").replace("]", ""))
-    try:
-        isolate.run_inside(box, pyfuncitem, spec.timeout)
-    finally:
-        if "nsbox_factory" not in pyfuncitem.fixturenames:  # else it goes with the others
-            box.close()
-    return True
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
-                              ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-    report = yield
-    item.stash.setdefault(reports_key, {})[report.when] = report
-    boxes = item.stash.get(boxes_key, None)
-    if boxes and report.failed and report.when in ("setup", "call"):
-        from .report import box_section
-
-        text = "\n\n".join(box_section(box) for box in boxes)
-        report.sections.append(("nsbox boxes", text))
-    return report
+            text = "\n\n".join(box_section(box) for box in boxes)
+            report.sections.append(("nsbox boxes", text))
+        return report
 
 
 def _outcome(item: pytest.Item) -> str:
@@ -311,6 +356,7 @@ class BoxFactory:
         self.item = item
         self.settings = item.config.stash[_settings_key]
         self.boxes: list[Box] = item.stash.setdefault(boxes_key, [])
+        self.settings.register(_BoxReports)  # before this test's first report is made
 
     def base_spec(self) -> BoxSpec:
         from .errors import SpecError
@@ -322,9 +368,8 @@ class BoxFactory:
 
     def __call__(self, name: str | None = None, **keys: Any) -> Box:
         from . import isolate
-        from .errors import HostNotSupported, ImageError, SpecError
+        from .errors import ImageError, SpecError
         from .runtime.box import Box
-        from .runtime.host import check_host
         from .spec import BoxSpec
 
         if isolate.inner():
@@ -337,12 +382,7 @@ class BoxFactory:
                 self.boxes.append(pooled)
                 self.item.config.hook.pytest_nsbox_box_started(box=pooled)
                 return pooled
-        try:
-            check_host()
-        except HostNotSupported as exc:
-            if self.settings.require:
-                pytest.fail(f"nsbox: {exc} (--nsbox-require is set)", pytrace=False)
-            pytest.skip(f"nsbox: {exc}")
+        _require_host(self.settings.require)
         if name is not None:
             keys["name"] = name
         try:
@@ -381,6 +421,30 @@ class BoxFactory:
                 self.settings.kept.append((self.item.nodeid, box.kept_at))
         if errors:
             raise errors[0]
+
+
+def _require_host(require: bool) -> None:
+    """Return when this host can run boxes; else skip the test, or fail it under
+    ``--nsbox-require``, with the host's one fix-it line.
+
+    The skip is reported at the test's own file and line, as pytest reports a
+    ``skipif`` marker (``skip.Exception(..., _use_item_location=True)``, which
+    ``_pytest/reports.py`` ``TestReport.from_item_and_call`` turns into the item's
+    location), whether the box is asked for in a fixture or in the test body. Both
+    outcomes are raised outside the ``except`` block, so the reason is shown once and
+    not as "during handling of the above exception".
+    """
+    from .errors import HostNotSupported
+    from .runtime.host import check_host
+
+    try:
+        check_host()
+        return
+    except HostNotSupported as exc:
+        reason = f"nsbox: {exc}"
+    if require:
+        pytest.fail(f"{reason} (--nsbox-require is set)", pytrace=False)
+    raise pytest.skip.Exception(reason, _use_item_location=True)
 
 
 @pytest.fixture
@@ -435,11 +499,18 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    """Tear down what the session made: the warm pool's unused boxes, then (when this is
+    the last session of the process holding it) the zygote, waited for, with every spare
+    and box it started; then the owner lock."""
     settings = config.stash.get(_settings_key, None)
-    if settings is not None and settings._pool is not None:
-        settings._pool.close()
-    if settings is not None and settings._host is not None:
+    if settings is None:
+        return
+    try:
+        if settings._pool is not None:
+            settings._pool.close()
+    finally:
         from .runtime import client
 
-        client.shutdown()
-        settings._host.release_owner_lock()
+        client.release()
+        if settings._host is not None:
+            settings._host.release_owner_lock()

@@ -17,7 +17,7 @@ RUNTIMES = ("nsbox", "crun", "runc", "bwrap", "unshare")
 FIGURES = ("lifecycle: nsbox / crun", "`run(['true'])` in a live box",
            "overhead per sandboxed test", "warm pool", "`pytest -n 2` throughput",
            "start time, ", "PSS per idle box", "`network='private'` box lifecycle",
-           "Containerfile rebuild")
+           "Containerfile rebuild", "session with no boxes")
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="ci/bench needs root")
 

@@ -10,8 +10,15 @@ the zygote, then ``setns`` back to its own), so the box's PID 1 is the zygote's 
 The fork and the namespaces are made ahead of time: the zygote always holds one *spare*,
 a child that has made its mount, UTS, IPC and network namespaces and waits for a plan. A
 request hands its plan to the spare and a new spare is forked after the reply, off the
-request's critical path. When the owner goes away (EOF on the control socket), the zygote
-kills every box it started, and its spare, and exits.
+request's critical path.
+
+Nothing outlives the zygote. The owner spawns it as PID 1 of a PID namespace of its own
+(see ``client``), so every spare and box is a process of that namespace. When the owner
+goes away (EOF on the control socket), the zygote kills every box it started and its spare,
+reaps them (bounded), and exits; were it killed instead, its exit as the namespace's init
+makes the kernel kill and reap them all the same (pid_namespaces(7)). A spare also dies by
+``PR_SET_PDEATHSIG`` with it, and sees EOF on its socket if the zygote died before that was
+set.
 """
 from __future__ import annotations
 
@@ -20,11 +27,15 @@ import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
 from ..syscalls import libc
 from . import init, protocol
 from .loop import ChildServer
+
+#: Seconds the zygote waits, at its end, for its killed children to be reaped.
+REAP_TIMEOUT = 3.0
 
 
 class Spare:
@@ -47,14 +58,25 @@ class Zygote(ChildServer):
             self.spare = self.fork_spare()
             super().serve()
         finally:
-            pids = set(self.boxes)
-            if self.spare is not None:
-                pids.add(self.spare.pid)
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
+            self.end_children()
+
+    def end_children(self) -> None:
+        """SIGKILL the spare and every box, and reap them, waiting at most
+        ``REAP_TIMEOUT`` seconds (a process stuck in the kernel is left to the kernel,
+        which kills it when this namespace's init exits)."""
+        pids = set(self.boxes)
+        if self.spare is not None:
+            pids.add(self.spare.pid)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        deadline = time.monotonic() + REAP_TIMEOUT
+        self.reap()
+        while (self.boxes or self.spare is not None) and time.monotonic() < deadline:
+            time.sleep(0.002)
+            self.reap()
 
     def exited(self, pid: int, status: int) -> None:
         self.boxes.discard(pid)
@@ -84,7 +106,7 @@ class Zygote(ChildServer):
             os.close(box_fd)
         self.boxes.add(spare.pid)
         try:
-            protocol.send(self.ctl, {"pid": spare.pid}, [pidfd])
+            protocol.send(self.ctl, {"pid": _outer_pid(pidfd, spare.pid)}, [pidfd])
         finally:
             os.close(pidfd)
         self.spare = self.fork_spare()  # after the reply: off the request's critical path
@@ -97,7 +119,7 @@ class Zygote(ChildServer):
             try:
                 pid = os.fork()
                 if pid == 0:
-                    ours.detach()
+                    os.close(ours.detach())  # else the spare never sees the zygote's EOF
                     self.become_box(theirs, host_netns)
             finally:
                 libc.setns(self.own_pidns, libc.CLONE_NEWPID)
@@ -122,6 +144,23 @@ class Zygote(ChildServer):
         if msg is None or len(fds) != 1:
             os._exit(0)
         init.boot(msg["plan"], fds[0])
+
+
+def _outer_pid(pidfd: int, pid: int) -> int:
+    """The PID of ``pidfd``'s process as the owner sees it.
+
+    ``pid`` is the number in this zygote's own PID namespace; ``/proc`` here is still the
+    owner's, and a pidfd's ``fdinfo`` gives its ``Pid:`` in the namespace of that ``/proc``
+    (kernel ``pidfd_show_fdinfo``).
+    """
+    try:
+        with open(f"/proc/self/fdinfo/{pidfd}", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Pid:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return pid
 
 
 def main(argv: list[str]) -> None:
