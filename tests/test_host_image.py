@@ -38,8 +38,9 @@ REPO = Path(pytest_nsbox.__file__).resolve().parent.parent
 def _system_python_version() -> str | None:
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         return None
-    done = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [SYSTEM_PYTHON, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+        capture_output=True, text=True, timeout=60, check=False)
     return done.stdout.strip() if done.returncode == 0 else None
 
 
@@ -58,8 +59,9 @@ def debian_venv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     subprocess.run([SYSTEM_PYTHON, "-m", "venv", "--without-pip", str(venv)], check=True,
                    timeout=120)
     py = venv / "bin" / "python"
-    where = subprocess.run([str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
-                           capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    where = subprocess.run(
+        [str(py), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True, text=True, check=True, timeout=60).stdout.strip()
     shared = [p for p in site.getsitepackages() if os.path.isdir(p)]
     (Path(where) / "nsbox_suite.pth").write_text(
         "".join(f"import site; site.addsitedir({p!r})\n" for p in shared))
