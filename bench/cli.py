@@ -244,7 +244,7 @@ class Bench:
         say(f"  {fig.shown} ({time.monotonic() - t0:.1f} s)")
 
     def run(self) -> None:
-        from pytest_nsbox.runtime.host import default_host
+        from pytest_nsbox.runtime.engine import default_host
 
         plan, ws, results = self.plan, self.ws, self.results
         busybox = default_host().store.get("busybox").layer_dirs[0]
@@ -444,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
         say("needs root (boxes, cgroups, mounts)")
         return 2
     from pytest_nsbox.errors import HostNotSupported
-    from pytest_nsbox.runtime.host import check_host
+    from pytest_nsbox.runtime.engine import check_host
 
     try:
         check_host()

@@ -38,8 +38,8 @@ def register_image(ref: str, layer_dirs: list[str]) -> str:
     Through the store's ``resolvers`` (the path the ``pytest_nsbox_resolve_image`` hook
     takes): the layers are used in place, nothing is copied.
     """
-    from pytest_nsbox.images.image import Image
-    from pytest_nsbox.runtime.host import default_host
+    from pytest_nsbox.model.image import Image
+    from pytest_nsbox.runtime.engine import default_host
 
     ident = hashlib.sha256("\0".join([ref, *layer_dirs]).encode()).hexdigest()
     image = Image(ref=ref, id="sha256:" + ident,
@@ -65,7 +65,7 @@ def fill_layer(path: str, total: int, file_size: int = 64 << 10, per_dir: int = 
 def private_host(ws: Workspace) -> Any:
     """A ``Host`` whose image store lives in the workspace (so nothing stays in the
     machine's store); boxes still go to the usual run directory and cgroups."""
-    from pytest_nsbox.runtime.host import Host, default_host
+    from pytest_nsbox.runtime.engine import Host, default_host
     from pytest_nsbox.state import StateDirs
 
     host = getattr(ws, "_private_host", None)
@@ -87,7 +87,7 @@ def make_images(ws: Workspace, sizes: dict[str, int]) -> tuple[dict[str, str], A
     as a user's fixtures image would be; where the store cannot build yet, the layer
     directory is used in place through a resolver.
     """
-    from pytest_nsbox.runtime.host import default_host
+    from pytest_nsbox.runtime.engine import default_host
 
     folders = {}
     for label, size in sizes.items():

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pytest_nsbox.state import remove_tree
-from pytest_nsbox.syscalls import libc
+from pytest_nsbox.kernel import libc
 
 PREFIX = "nsbox-bench"
 CGROUP_ROOT = "/sys/fs/cgroup"

@@ -13,17 +13,17 @@ if TYPE_CHECKING:
     from .cgroups.base import Stats
     from .errors import (BoxClosed, BoxError, CgroupError, CommandFailed, HostNotSupported,
                          ImageError, NsboxError, SpecError)
-    from .images.image import Image
+    from .model.image import Image
     from .network.errors import NetworkError, PortRefused, PortTimeout
     from .runtime.box import Box
     from .runtime.process import Process
-    from .runtime.result import Change, RunResult
-    from .spec import BoxSpec
+    from .model.results import Change, RunResult
+    from .model.spec import BoxSpec
 
 _EXPORTS = {
-    "Box": "runtime.box", "Process": "runtime.process", "RunResult": "runtime.result",
-    "Change": "runtime.result", "Stats": "cgroups.base", "Image": "images.image",
-    "BoxSpec": "spec", "NsboxError": "errors", "SpecError": "errors", "BoxError": "errors",
+    "Box": "runtime.box", "Process": "runtime.process", "RunResult": "model.results",
+    "Change": "model.results", "Stats": "cgroups.base", "Image": "model.image",
+    "BoxSpec": "model.spec", "NsboxError": "errors", "SpecError": "errors", "BoxError": "errors",
     "BoxClosed": "errors", "CgroupError": "errors", "CommandFailed": "errors",
     "HostNotSupported": "errors", "ImageError": "errors", "NetworkError": "network.errors",
     "PortTimeout": "network.errors", "PortRefused": "network.errors",

@@ -15,21 +15,17 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import gc
+from . import sweep
 from .errors import NsboxError
 from .state import StateDirs
 
 PROG = "python -m pytest_nsbox"
-#: Namespaces ``enter`` joins, with their setns flag names in ``syscalls.libc`` (the PID
+#: Namespaces ``enter`` joins, with their setns flag names in ``kernel.libc`` (the PID
 #: namespace is joined separately: it applies to the children of the caller).
 ENTER_NAMESPACES = (("cgroup", "CLONE_NEWCGROUP"), ("ipc", "CLONE_NEWIPC"),
                     ("uts", "CLONE_NEWUTS"), ("net", "CLONE_NEWNET"), ("mnt", "CLONE_NEWNS"))
 BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HINT_GC = f"`{PROG} gc` removes it"
-NO_IMAGE_MANAGEMENT = (
-    "image management arrives with the image store's `images` module "
-    "(pytest_nsbox/images/manage.py), which this installation does not have yet; the "
-    "built-in images 'host', 'busybox' and 'scratch' need none")
 
 
 class CliError(NsboxError):
@@ -50,7 +46,7 @@ def format_age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _memory(backend: Any, box: gc.BoxInfo) -> str:
+def _memory(backend: Any, box: sweep.BoxInfo) -> str:
     from .units import format_size
 
     if backend is None:
@@ -75,7 +71,7 @@ PS_STATES = {"live": "running", "kept": "kept"}
 def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
     """Running boxes, then kept ones (``--nsbox-keep``): id, name, image, state, owner
     pid, age and memory in use (kept boxes have neither owner nor memory)."""
-    boxes = gc.scan_boxes(dirs, kept=True)
+    boxes = sweep.scan_boxes(dirs, kept=True)
     shown = [b for b in boxes if b.state == "live"] + [b for b in boxes if b.state == "kept"]
     if args.quiet:
         for box in shown:
@@ -99,22 +95,22 @@ def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
 
 # -- enter -------------------------------------------------------------------------------------
 
-def find_box(dirs: StateDirs, ref: str) -> gc.BoxInfo:
+def find_box(dirs: StateDirs, ref: str) -> sweep.BoxInfo:
     """A box by id, name, or a unique prefix of either; running boxes before kept ones."""
     if not ref:
         raise CliError("enter: BOX is empty; give a box id or name (see `ps`)")
-    boxes = gc.scan_boxes(dirs, kept=True)
+    boxes = sweep.scan_boxes(dirs, kept=True)
 
-    def keys(box: gc.BoxInfo) -> set[str]:
+    def keys(box: sweep.BoxInfo) -> set[str]:
         found = {box.id, box.name}
         if box.state == "kept":
             found.add(os.path.basename(box.path))
         return {k for k in found if k}
 
-    def exact(box: gc.BoxInfo) -> bool:
+    def exact(box: sweep.BoxInfo) -> bool:
         return ref in keys(box)
 
-    def prefix(box: gc.BoxInfo) -> bool:
+    def prefix(box: sweep.BoxInfo) -> bool:
         return any(k.startswith(ref) for k in keys(box))
 
     pools = ([b for b in boxes if b.state != "kept"], [b for b in boxes if b.state == "kept"])
@@ -131,7 +127,7 @@ def find_box(dirs: StateDirs, ref: str) -> gc.BoxInfo:
                    f"running boxes")
 
 
-def init_pid(box: gc.BoxInfo, backend: Any) -> int:
+def init_pid(box: sweep.BoxInfo, backend: Any) -> int:
     """The host PID of the box's init: owner.json's ``pid``, else found in its cgroup."""
     candidates = [box.init_pid] if box.init_pid else []
     if backend is not None:
@@ -140,7 +136,7 @@ def init_pid(box: gc.BoxInfo, backend: Any) -> int:
         except NsboxError:
             pass
     for pid in candidates:
-        if pid and gc.is_namespace_init(pid) and gc.in_cgroup(pid, box.cgroup):
+        if pid and sweep.is_namespace_init(pid) and sweep.in_cgroup(pid, box.cgroup):
             return pid
     raise CliError(f"box {box.id}: its init process is gone (the box is being torn down, or "
                    f"its owner died: {HINT_GC})")
@@ -161,7 +157,7 @@ def cmd_enter(args: argparse.Namespace, dirs: StateDirs) -> int:
     return enter(box, argv or ["/bin/sh"], _backend(args))
 
 
-def enter_kept(dirs: StateDirs, box: gc.BoxInfo, argv: list[str],
+def enter_kept(dirs: StateDirs, box: sweep.BoxInfo, argv: list[str],
                args: argparse.Namespace) -> int:
     """Run ``argv`` in a new box over kept box ``box``'s layers (``kept.reopened``), the way
     ``enter`` runs it in a live box; the new box is deleted when it returns, the kept
@@ -171,13 +167,13 @@ def enter_kept(dirs: StateDirs, box: gc.BoxInfo, argv: list[str],
 
     try:
         with kept.reopened(dirs, box, args.cgroup_parent) as new:
-            info = gc.BoxInfo(new.id, new.dirs.base, gc.read_record(new.dirs.base), "live", 0.0)
+            info = sweep.BoxInfo(new.id, new.dirs.base, sweep.read_record(new.dirs.base), "live", 0.0)
             return enter(info, argv, _backend(args))
     finally:
         client.shutdown()
 
 
-def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
+def enter(box: sweep.BoxInfo, argv: list[str], backend: Any) -> int:
     """Run ``argv`` in the box's namespaces, root and cgroup; returns its exit status.
 
     Like ``nsenter -t PID -a -r`` plus joining the box's cgroup (so its limits apply and
@@ -186,7 +182,7 @@ def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
     commands get and in its working directory (``/`` if that is gone).
     """
     from .runtime import protocol
-    from .syscalls import libc
+    from .kernel import libc
 
     pid = init_pid(box, backend)
     procs = backend.open(box.cgroup).procs_files() if backend is not None else []
@@ -196,7 +192,7 @@ def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
         # the pidfd says so and nothing of another process is used.
         pidfd = os.pidfd_open(pid)
         fds.append(pidfd)
-        if not (gc.is_namespace_init(pid) and gc.in_cgroup(pid, box.cgroup)):
+        if not (sweep.is_namespace_init(pid) and sweep.in_cgroup(pid, box.cgroup)):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         fds.append(proc)
@@ -238,10 +234,10 @@ def enter(box: gc.BoxInfo, argv: list[str], backend: Any) -> int:
     return 128 - code if code < 0 else code
 
 
-def _enter_child(box: gc.BoxInfo, argv: list[str], env: dict[str, str], procs: list[str],
+def _enter_child(box: sweep.BoxInfo, argv: list[str], env: dict[str, str], procs: list[str],
                  ns: dict[str, int], root: int) -> None:
     """In the forked child: join cgroup and namespaces, take the box's root, exec."""
-    from .syscalls import libc
+    from .kernel import libc
 
     step = "start"
     try:
@@ -280,12 +276,12 @@ def _enter_child(box: gc.BoxInfo, argv: list[str], env: dict[str, str], procs: l
 
 def cmd_gc(args: argparse.Namespace, dirs: StateDirs) -> int:
     try:
-        lines = gc.collect(dirs, dry_run=args.dry_run, cgroup_parent=args.cgroup_parent,
+        lines = sweep.collect(dirs, dry_run=args.dry_run, cgroup_parent=args.cgroup_parent,
                            kept=args.kept)
-    except gc.GcBusy:
+    except sweep.GcBusy:
         raise CliError(f"another gc is running (it holds {dirs.run}/gc.lock); try again "
                        f"later") from None
-    except gc.GcIncomplete as exc:
+    except sweep.GcIncomplete as exc:
         for line in exc.removed:
             print(line)
         for problem in exc.problems:
@@ -300,20 +296,9 @@ def cmd_gc(args: argparse.Namespace, dirs: StateDirs) -> int:
 
 # -- images ------------------------------------------------------------------------------------
 
-def _manage() -> Any:
-    import importlib.util
-
-    if importlib.util.find_spec(f"{__package__}.images.manage") is None:
-        raise CliError(NO_IMAGE_MANAGEMENT)
-    from .images import manage
-
-    return manage
-
-
 def cmd_images(args: argparse.Namespace, dirs: StateDirs) -> int:
-    manage = _manage()
     from .runtime import client
-    from .runtime import host as host_mod
+    from .runtime import engine as host_mod
 
     # RUN steps of a build run in boxes of this process, over this store.
     host = host_mod.Host(dirs=dirs, cgroup_parent=args.cgroup_parent)
@@ -321,39 +306,41 @@ def cmd_images(args: argparse.Namespace, dirs: StateDirs) -> int:
     store = host.store
     store.progress = lambda line: print(line, file=sys.stderr, flush=True)
     try:
-        return _images(args, manage, store)
+        return _images(args, store)
     finally:
         client.shutdown()
         host.release_owner_lock()
 
 
-def _images(args: argparse.Namespace, manage: Any, store: Any) -> int:
+def _images(args: argparse.Namespace, store: Any) -> int:
+    from . import image_commands
     from .units import format_size
 
     action = args.images_action or "list"
     if action == "list":
         rows = [["REF", "ID", "BASE", "LAYERS", "SIZE", "CREATED"]]
-        for image in manage.list_images(store):
+        for image in image_commands.list_images(store):
             rows.append([",".join(image["tags"]) or "<none>",
                          str(image["id"]).split(":")[-1][:12], image["base"] or "-",
                          str(image["layers"]), format_size(int(image["size"])),
                          image["created"] or "-"])
         print(_table(rows))
     elif action == "build":
-        image = manage.build(store, args.path, build_args=args.build_arg, target=args.target)
-        print(f"built {image.ref} {image.id}")
+        built = image_commands.build(store, args.path, build_args=args.build_arg,
+                                     target=args.target)
+        print(f"built {built.ref} {built.id}")
     elif action == "rm":
         failed = 0
         for ref in args.refs:
             try:
-                for name in manage.remove(store, ref):
+                for name in image_commands.remove(store, ref):
                     print(f"removed {name}")
             except NsboxError as exc:
                 print(f"nsbox: {exc}", file=sys.stderr)
                 failed += 1
         return 1 if failed else 0
     elif action == "prune":
-        layers = manage.prune(store)
+        layers = image_commands.prune(store)
         for layer in layers:
             print(f"removed layer {layer}")
         if not layers:

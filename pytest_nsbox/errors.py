@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .runtime.result import RunResult
+    from .model.results import RunResult
 
 
 class NsboxError(Exception):

@@ -19,12 +19,12 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import NsboxError
-from .gc import BoxInfo, scan_boxes
-from .spec import Bind, BoxSpec
+from .sweep import BoxInfo, scan_boxes
+from .model.spec import Bind, BoxSpec
 from .state import StateDirs
 
 if TYPE_CHECKING:
-    from .images.image import Image
+    from .model.image import Image
     from .images.store import ImageStore
     from .runtime.box import Box
 
@@ -88,7 +88,7 @@ def image_for(store: ImageStore, box: BoxInfo) -> Image:
     up again by id (or by ref for the built-ins, which are rebuilt) and used when its layers
     are the same. Raises ``KeptError`` naming the missing layer otherwise.
     """
-    from .images.image import Image
+    from .model.image import Image
 
     entry = _entry(box)
     recorded: dict[str, Any] = entry["image"]
@@ -157,7 +157,7 @@ def reopened(dirs: StateDirs, box: BoxInfo, cgroup_parent: str | None = None) ->
     where its image is looked up again if its layer directories are gone. Raises
     ``KeptError``, or the ``SpecError``/``BoxError`` of a box that cannot start.
     """
-    from .runtime import host as host_mod
+    from .runtime import engine as host_mod
     from .runtime.box import Box
 
     entry = _entry(box)

@@ -6,9 +6,9 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 if TYPE_CHECKING:
-    from .images.image import Image
+    from .model.image import Image
     from .runtime.box import Box
-    from .spec import BoxSpec
+    from .model.spec import BoxSpec
 
 
 def pytest_nsbox_box_spec(spec: BoxSpec, item: pytest.Item) -> None:

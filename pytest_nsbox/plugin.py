@@ -18,7 +18,7 @@ import pytest
 
 if TYPE_CHECKING:
     from .runtime.box import Box
-    from .spec import BoxSpec
+    from .model.spec import BoxSpec
 
 MARKER = "sandbox"
 KEEP_CHOICES = ("never", "failed", "all")
@@ -131,7 +131,7 @@ class _Settings:
         """The session's ``Host``, made at the first box (or image) the session asks for;
         that is also when garbage of dead owners is collected (see ``_collect_garbage``)."""
         if self._host is None:
-            from .runtime import host as host_mod
+            from .runtime import engine as host_mod
             from .state import StateDirs
 
             ini = self.config.getini
@@ -165,7 +165,7 @@ class _Settings:
         the terminal, not to the capture of the test that happens to be first."""
         from . import isolate
         from .errors import HostNotSupported
-        from .runtime.host import check_host
+        from .runtime.engine import check_host
 
         if isolate.inner():
             return
@@ -173,7 +173,7 @@ class _Settings:
             check_host()
         except HostNotSupported:
             return
-        from .gc import collect_at_session_start
+        from .sweep import collect_at_session_start
 
         capture = self.config.pluginmanager.get_plugin("capturemanager")
         host = self._host
@@ -203,7 +203,7 @@ def _marker_kwargs(item: pytest.Item) -> list[dict[str, Any]] | None:
 
 def _item_spec(item: pytest.Item) -> BoxSpec:
     """The validated spec of the item's marker(s) and ini defaults; raises SpecError."""
-    from .spec import BoxSpec, merge_marker_kwargs
+    from .model.spec import BoxSpec, merge_marker_kwargs
 
     found = item.stash.get(spec_key, None)
     if found is None:
@@ -309,7 +309,7 @@ class _Prefetch(_PerTest):
 
 def _prefetch(item: pytest.Item, settings: _Settings) -> None:
     from .errors import NsboxError
-    from .runtime.host import check_host
+    from .runtime.engine import check_host
 
     try:
         check_host()
@@ -370,7 +370,7 @@ class BoxFactory:
         from . import isolate
         from .errors import ImageError, SpecError
         from .runtime.box import Box
-        from .spec import BoxSpec
+        from .model.spec import BoxSpec
 
         if isolate.inner():
             pytest.fail(f"{self.item.nodeid}: this test already runs inside a box (isolate); "
@@ -435,7 +435,7 @@ def _require_host(require: bool) -> None:
     not as "during handling of the above exception".
     """
     from .errors import HostNotSupported
-    from .runtime.host import check_host
+    from .runtime.engine import check_host
 
     try:
         check_host()

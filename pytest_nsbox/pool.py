@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .runtime.box import Box
-    from .runtime.host import Host
-    from .spec import BoxSpec
+    from .runtime.engine import Host
+    from .model.spec import BoxSpec
 
 TAKE_TIMEOUT = 60.0
 

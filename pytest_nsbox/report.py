@@ -8,7 +8,7 @@ from .units import format_size
 
 if TYPE_CHECKING:
     from .runtime.box import Box
-    from .runtime.result import RunResult
+    from .model.results import RunResult
 
 STDERR_TAIL_LINES = 5
 

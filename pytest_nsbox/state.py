@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from .syscalls import libc
+from .kernel import libc
 
 DEFAULT_STORE = "/var/lib/nsbox"
 

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 from filelock import FileLock
 
-from pytest_nsbox import Box, gc
+from pytest_nsbox import Box, sweep
 from pytest_nsbox.cgroups import V2Backend, detect
 from pytest_nsbox.errors import CgroupError
 from pytest_nsbox.state import StateDirs
@@ -106,8 +106,8 @@ def box_owner(name: str) -> Iterator[tuple[subprocess.Popen[str], str, int]]:
             proc.stdout.close()
         if box_id:
             try:
-                gc.collect(StateDirs.default())
-            except gc.GcIncomplete:
+                sweep.collect(StateDirs.default())
+            except sweep.GcIncomplete:
                 pass  # something of another run; ours is checked below
             assert not cgroup_dirs(box_id)
 
@@ -156,14 +156,14 @@ def test_a_box_is_live_while_its_owner_lock_is_held_whatever_its_pid_says(tmp_pa
     record = {"owner_pid": 999_999_999, "owner_start": 1, "owner_lock": str(lock)}
     with open(lock) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert gc.owner_alive(record)
-    assert not gc.owner_alive(record)
+        assert sweep.owner_alive(record)
+    assert not sweep.owner_alive(record)
     lock.unlink()  # no lock file: the pid and its start time decide
-    assert not gc.owner_alive(record)
-    me = {"owner_pid": os.getpid(), "owner_start": gc.start_time(os.getpid()),
+    assert not sweep.owner_alive(record)
+    me = {"owner_pid": os.getpid(), "owner_start": sweep.start_time(os.getpid()),
           "owner_lock": str(lock)}
-    assert gc.owner_alive(me)
-    assert not gc.owner_alive(dict(me, owner_start=me["owner_start"] + 1))  # pid reused
+    assert sweep.owner_alive(me)
+    assert not sweep.owner_alive(dict(me, owner_start=me["owner_start"] + 1))  # pid reused
 
 
 # -- collect() on a state directory of its own ----------------------------------------------------
@@ -219,7 +219,7 @@ class Fixture:
         return os.path.join(self.cgroot, f"nsbox-{box_id}")
 
     def collect(self, **kwargs: object) -> list[str]:
-        return gc.collect(self.dirs, cgroups=self.backend, **kwargs)  # type: ignore[arg-type]
+        return sweep.collect(self.dirs, cgroups=self.backend, **kwargs)  # type: ignore[arg-type]
 
     def close(self) -> None:
         for fd in self.held:
@@ -284,7 +284,7 @@ def test_young_leftovers_may_still_be_in_the_making(state):
     assert state.collect() == [f"removed owner lock {gone_owner_lock} (its process is gone)"]
     for kept in (starting, young_tmp, state.cgroup("00young00"), young_lock):
         assert os.path.exists(kept), kept
-    assert [b.state for b in gc.scan_boxes(state.dirs)] == ["starting"]
+    assert [b.state for b in sweep.scan_boxes(state.dirs)] == ["starting"]
 
 
 def test_store_tmp_dirs_stay_while_a_build_holds_the_store(state, old):
@@ -307,17 +307,17 @@ def test_kept_boxes_go_only_when_asked(state):
 def test_collectors_take_turns(state):
     os.makedirs(state.dirs.run)
     with FileLock(os.path.join(state.dirs.run, "gc.lock")):
-        with pytest.raises(gc.GcBusy):
+        with pytest.raises(sweep.GcBusy):
             state.collect(lock_timeout=0.1)
         started = time.monotonic()
-        gc.collect_at_session_start(state.dirs)  # another collector is at work: skip
+        sweep.collect_at_session_start(state.dirs)  # another collector is at work: skip
         assert time.monotonic() - started < 5
 
 
 def test_collect_at_session_start_never_raises(tmp_path, capsys):
     (tmp_path / "file").write_text("")
     dirs = StateDirs(store=str(tmp_path / "store"), run=str(tmp_path / "file" / "run"))
-    gc.collect_at_session_start(dirs)
+    sweep.collect_at_session_start(dirs)
     err = capsys.readouterr().err
     assert err.startswith("nsbox gc: skipped: ") and err.count("\n") == 1
 
@@ -325,7 +325,7 @@ def test_collect_at_session_start_never_raises(tmp_path, capsys):
 def test_a_failure_is_reported_and_the_rest_still_collected(state, old, monkeypatch):
     state.box("dead1", state.lock("1-a.lock", held=False))
     state.box("dead2", state.lock("1-b.lock", held=False))
-    real = gc.remove_tree
+    real = sweep.remove_tree
 
     def remove_tree(path: str) -> None:
         if path.endswith("dead1"):
@@ -333,7 +333,7 @@ def test_a_failure_is_reported_and_the_rest_still_collected(state, old, monkeypa
         real(path)
 
     monkeypatch.setattr(gc, "remove_tree", remove_tree)
-    with pytest.raises(gc.GcIncomplete) as info:
+    with pytest.raises(sweep.GcIncomplete) as info:
         state.collect()
     assert len(info.value.problems) == 1 and "dead1" in info.value.problems[0]
     assert any("box dead2" in line for line in info.value.removed)

@@ -24,9 +24,9 @@ import pytest
 
 import pytest_nsbox
 from pytest_nsbox.images import builtin
-from pytest_nsbox.rootfs import plan
-from pytest_nsbox.rootfs.plan import host_binds
-from pytest_nsbox.spec import Bind
+from pytest_nsbox.runtime import plan
+from pytest_nsbox.runtime.plan import host_binds
+from pytest_nsbox.model.spec import Bind
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -275,7 +275,7 @@ def test_a_prefix_on_a_mount_of_its_own_is_bound(tmp_path: Path) -> None:
         "subprocess.run(['mount', '-t', 'tmpfs', 'nsbox-test', '/srv'], check=True)\n"
         "os.mkdir('/srv/python')\n"
         "sys.prefix = sys.base_prefix = '/srv/python'\n"
-        "from pytest_nsbox.rootfs import plan\n"
+        "from pytest_nsbox.overlay import plan\n"
         "from pytest_nsbox.images import builtin\n"
         "plan.PACKAGE_PARENT = None\n"
         "masked = builtin.host_mask_key('/')[1]\n"

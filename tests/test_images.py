@@ -24,10 +24,10 @@ import pytest
 import pytest_nsbox
 from pytest_nsbox import Box
 from pytest_nsbox.errors import ImageError
-from pytest_nsbox.images import manage
-from pytest_nsbox.images.commit import commit_box
+from pytest_nsbox import image_commands as image_commands
+from pytest_nsbox.runtime.commit import commit_box
 from pytest_nsbox.images.store import ImageStore
-from pytest_nsbox.runtime.host import Host, check_host, default_host
+from pytest_nsbox.runtime.engine import Host, check_host, default_host
 from pytest_nsbox.state import StateDirs
 
 REPO = Path(pytest_nsbox.__file__).resolve().parent.parent
@@ -481,17 +481,17 @@ def test_list_remove_and_prune(fresh: Fresh) -> None:
     fresh.image_dir("two", "FROM one\nRUN echo 2 > /two\n")
     two = fresh.store.get("two")
     one = fresh.store.get("one")
-    listed = {tuple(r["tags"]): r for r in manage.list_images(fresh.store)}
+    listed = {tuple(r["tags"]): r for r in image_commands.list_images(fresh.store)}
     assert set(listed) == {("one",), ("two",)}
     assert listed[("two",)]["layers"] == 3 and listed[("two",)]["size"] > 0
-    assert manage.prune(fresh.store) == []  # everything is in use
-    assert manage.remove(fresh.store, "two") == ["two", two.id]
-    removed = manage.prune(fresh.store)
+    assert image_commands.prune(fresh.store) == []  # everything is in use
+    assert image_commands.remove(fresh.store, "two") == ["two", two.id]
+    removed = image_commands.prune(fresh.store)
     assert removed == [two.layers[-1]]
     assert os.path.isdir(fresh.store.path("layers", one.layers[-1]))
     with pytest.raises(ImageError, match="no such tag or image id"):
-        manage.remove(fresh.store, "two")
+        image_commands.remove(fresh.store, "two")
     fresh.store._cache.clear()
     rebuilt = fresh.store.get("two")  # the cache entry went with the layer: built anew
     assert rebuilt.layers[:2] == one.layers
-    assert manage.build(fresh.store, "one").id == one.id
+    assert image_commands.build(fresh.store, "one").id == one.id

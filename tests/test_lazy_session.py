@@ -18,8 +18,8 @@ import os
 
 import pytest
 
-HEAVY = ("pytest_nsbox.images.store", "pytest_nsbox.gc", "pytest_nsbox.runtime.host",
-         "pytest_nsbox.runtime.box", "pytest_nsbox.cgroups", "pytest_nsbox.rootfs.plan")
+HEAVY = ("pytest_nsbox.images.store", "pytest_nsbox.sweep", "pytest_nsbox.runtime.engine",
+         "pytest_nsbox.runtime.box", "pytest_nsbox.cgroups", "pytest_nsbox.runtime.plan")
 
 RECORDER = """
 import json
@@ -112,7 +112,7 @@ def test_first_use({first_use}):
 """
     seen, run = _session(pytester, monkeypatch, tests)
     assert "pytest_nsbox.images.store" in seen["modules"]
-    assert "pytest_nsbox.gc" in seen["modules"]
+    assert "pytest_nsbox.sweep" in seen["modules"]
     assert os.path.exists(os.path.join(run, "gc.lock")), "gc did not run"
 
 

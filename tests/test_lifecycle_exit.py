@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import pytest
 from leaks import descendants
 
-from pytest_nsbox.syscalls import libc
+from pytest_nsbox.kernel import libc
 
 pytestmark = [pytest.mark.timeout(300),
               pytest.mark.skipif(os.geteuid() != 0, reason="boxes need root")]

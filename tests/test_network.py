@@ -23,7 +23,7 @@ from pytest_nsbox import Box, BoxClosed, BoxError
 from pytest_nsbox.network import PortRefused, PortTimeout, active, collect_garbage
 from pytest_nsbox.network import netns as nsb_netns
 from pytest_nsbox.network.leases import POOL, Leases, owner_alive
-from pytest_nsbox.runtime.host import default_host
+from pytest_nsbox.runtime.engine import default_host
 from pytest_nsbox.state import StateDirs
 
 pytestmark = pytest.mark.sandbox(image="busybox", network="private")

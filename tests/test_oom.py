@@ -15,7 +15,7 @@ import pytest
 
 from pytest_nsbox import CommandFailed
 from pytest_nsbox.report import box_section
-from pytest_nsbox.runtime.result import RunResult
+from pytest_nsbox.model.results import RunResult
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -143,7 +143,7 @@ def test_resolve_image_hook_supplies_unknown_refs(pytester):
     pytester.makeconftest("""
         def pytest_nsbox_resolve_image(ref):
             if ref == "my-busybox":
-                from pytest_nsbox.runtime.host import default_host
+                from pytest_nsbox.runtime.engine import default_host
                 return default_host().store.get("busybox")
     """)
     pytester.makepyfile("""
@@ -164,7 +164,7 @@ def test_resolve_image_hook_supplies_unknown_refs(pytester):
 
 def test_unsupported_host_skips_with_one_reason_or_errors_when_required(pytester):
     pytester.makeconftest("""
-        import pytest_nsbox.runtime.host as host
+        import pytest_nsbox.runtime.engine as host
         from pytest_nsbox.errors import HostNotSupported
 
         def refuse():

@@ -2,7 +2,7 @@
 ``--nsbox-require`` says why once.
 
 The host is made unfit in the pytest subprocess only, by a conftest that makes
-``runtime.host._has_overlay`` answer False, so ``check_host`` raises its real
+``runtime.engine._has_overlay`` answer False, so ``check_host`` raises its real
 ``HostNotSupported`` (the overlayfs fix-it line) exactly as on a kernel without overlayfs.
 
 References:
@@ -27,7 +27,7 @@ REASON = "nsbox: nsbox needs overlayfs, which this kernel lacks; load it with `m
 
 UNFIT_HOST = """
 def pytest_configure(config):
-    import pytest_nsbox.runtime.host as host
+    import pytest_nsbox.runtime.engine as host
 
     host._has_overlay = lambda: False
 """

@@ -52,7 +52,7 @@ from ..errors import ImageError
 from . import containerfile as cf
 from . import copy as cp
 from . import layers as layerfs
-from .image import Image
+from ..model.image import Image
 from .shell_lex import Lex, ShellLexError
 from .store import (BUILD_LOCK_TIMEOUT, ImageStore, base_history, host_platform, own_layers,
                     read_json, write_json)
@@ -716,7 +716,7 @@ class Builder:
              network: str, privileged: bool, script: tuple[str, str] | None,
              proxies: dict[str, str], where: str) -> None:
         from ..runtime.box import Box
-        from ..spec import BoxSpec
+        from ..model.spec import BoxSpec
 
         store = self.store
         ref = f"nsbox-build-{secrets.token_hex(6)}"
@@ -829,7 +829,7 @@ def _short(text: str, limit: int = 80) -> str:
 
 def box_host(store: ImageStore) -> Any:
     """The ``Host`` whose boxes use ``store`` (the configured one when it does)."""
-    from ..runtime.host import Host, default_host
+    from ..runtime.engine import Host, default_host
 
     host = default_host()
     if host.store is store:

@@ -85,9 +85,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import ImageError
-from ..rootfs.diff import lookup
+from ..overlay.diff import lookup
 from . import layers as layerfs
-from .image import Image
+from ..model.image import Image
 from .layers import Found, MergedView
 
 Owner = tuple[int, int]

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..errors import ImageError
-from ..rootfs.diff import is_opaque, is_whiteout, lookup
+from ..overlay.diff import is_opaque, is_whiteout, lookup
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"

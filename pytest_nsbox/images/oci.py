@@ -27,7 +27,7 @@ from filelock import FileLock
 from ..errors import ImageError
 from ..state import remove_tree
 from . import layers as layerfs, refs
-from .image import Image
+from ..model.image import Image
 from .store import LOCK_TIMEOUT, ImageStore, canonical_json, host_platform
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}

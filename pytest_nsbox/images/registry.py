@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ImageError
 from . import layers as layerfs
-from .image import Image
+from ..model.image import Image
 from .oci import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
                   OCI_MANIFEST, check_digest, import_manifest, parse_json, pick_platform)
 from .store import ImageStore

@@ -42,7 +42,7 @@ from filelock import FileLock
 from ..errors import ImageError
 from ..state import StateDirs, remove_tree
 from . import builtin, layers as layerfs, storefs
-from .image import Image
+from ..model.image import Image
 
 LOCK_TIMEOUT = 600.0
 BUILD_LOCK_TIMEOUT = 1800.0

@@ -11,7 +11,7 @@ pyroute2 (netlink) is imported only when a private network is built.
 from __future__ import annotations
 
 from .errors import NetworkError, PortRefused, PortTimeout
-from .gc import collect_garbage
+from .sweep import collect_garbage
 from .private import active, attach
 
 __all__ = ["NetworkError", "PortRefused", "PortTimeout", "active", "attach",

@@ -20,7 +20,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
 
-from ..syscalls import libc
+from ..kernel import libc
 from .errors import NetworkError
 
 if TYPE_CHECKING:

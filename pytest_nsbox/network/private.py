@@ -23,14 +23,14 @@ from functools import partial
 from typing import TYPE_CHECKING
 
 from ..errors import BoxClosed
-from ..spec import SHAPING_KEYS
+from ..model.spec import SHAPING_KEYS
 from . import links, netns, shaping
 from .errors import NetworkError
 from .leases import Lease, Leases
 
 if TYPE_CHECKING:
     from ..runtime.box import Box
-    from ..runtime.host import Host
+    from ..runtime.engine import Host
 
 LOCALHOST_LINES = ("127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback")
 GATEWAY_HOST = 1

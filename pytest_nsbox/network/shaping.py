@@ -24,7 +24,7 @@ from ..units import duration_units, format_duration, format_number, format_rate,
 from .errors import NetworkError
 
 if TYPE_CHECKING:
-    from ..spec import BoxSpec
+    from ..model.spec import BoxSpec
 
 #: An Ethernet frame of the veths' default MTU: a token bucket smaller than one never sends.
 FRAME = 1514

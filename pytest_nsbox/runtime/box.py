@@ -22,17 +22,18 @@ from typing import Any
 
 from ..cgroups.base import Limits, Stats
 from ..errors import BoxClosed, BoxError, CommandFailed, SpecError
-from ..images.image import Image
-from ..rootfs import diff as rootfs_diff
-from ..rootfs.plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
-from ..spec import BoxSpec
+from ..model.image import Image
+from ..overlay import diff as overlay_diff
+from .plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
+from ..model.spec import BoxSpec
 from ..state import remove_tree, start_time
-from ..syscalls import caps, libc
-from . import protocol, users
+from ..kernel import caps, libc
+from . import protocol
+from ..model import users
 from .client import zygote
-from .host import Host, check_host, default_host
+from .engine import Host, check_host, default_host
 from .process import Process
-from .result import Change, RunResult
+from ..model.results import Change, RunResult
 
 START_TIMEOUT = 30.0
 KILL_TIMEOUT = 10.0
@@ -299,7 +300,7 @@ class Box:
     def _user(self, user: str | int | None) -> str | None:
         """Who a command runs as: ``run(user=)``, else the spec's ``user``, else the image's
         ``USER`` (its config's ``User``), else ``None``: root. Looked up in the box by its
-        init (runtime/users.py, runc's rules)."""
+        init (model/users.py, runc's rules)."""
         try:
             chosen = users.check(user)
         except ValueError as exc:
@@ -377,11 +378,11 @@ class Box:
         if not os.path.isdir(self.dirs.upper):
             raise BoxClosed(f"box {self.name!r} is closed; its read-write layer is gone")
         # The init layer is part of what the box started from, not a change it made.
-        return rootfs_diff.changes(self.dirs.upper, [*self.image.layer_dirs, self.dirs.init])
+        return overlay_diff.changes(self.dirs.upper, [*self.image.layer_dirs, self.dirs.init])
 
     def commit(self, tag: str | None = None) -> Image:
         """A new image whose top layer is this box's read-write layer (CONTRACT.md)."""
-        from ..images.commit import commit_box
+        from .commit import commit_box
 
         return commit_box(self, tag)
 

@@ -47,7 +47,7 @@ class ZygoteClient:
     """One zygote process and the lock that serializes requests to it."""
 
     def __init__(self) -> None:
-        from ..rootfs.plan import PACKAGE_PARENT
+        from .plan import PACKAGE_PARENT
         from . import protocol
 
         self.lock = threading.Lock()
@@ -133,7 +133,7 @@ def _spawn_namespace_init(argv: list[str], env: dict[str, str],
     """
     import subprocess
 
-    from ..syscalls import libc
+    from ..kernel import libc
 
     def popen() -> subprocess.Popen[bytes]:
         return subprocess.Popen(argv, executable=sys.executable, env=env, pass_fds=pass_fds,

@@ -21,8 +21,9 @@ import traceback
 from collections.abc import Callable
 from typing import Any, NoReturn
 
-from ..syscalls import caps, libc, seccomp
-from . import protocol, users
+from ..kernel import caps, libc, seccomp
+from . import protocol
+from ..model import users
 from .loop import ChildServer
 
 _NS_FLAGS = {

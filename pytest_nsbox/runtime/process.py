@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import BoxError, CgroupError
 from . import protocol
-from .result import RunResult
+from ..model.results import RunResult
 
 if TYPE_CHECKING:
     from .box import Box

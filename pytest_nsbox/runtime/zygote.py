@@ -30,7 +30,7 @@ import sys
 import time
 from typing import Any
 
-from ..syscalls import libc
+from ..kernel import libc
 from . import init, protocol
 from .loop import ChildServer
 

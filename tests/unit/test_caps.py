@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_nsbox import spec
-from pytest_nsbox.syscalls import caps
+from pytest_nsbox.model import spec
+from pytest_nsbox.kernel import caps
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (capabilities)")
 
@@ -117,7 +117,7 @@ def test_last_cap_without_proc_asks_the_kernel(monkeypatch: pytest.MonkeyPatch,
 
 CHILD = """
 import json, os, sys
-from pytest_nsbox.syscalls import caps
+from pytest_nsbox.kernel import caps
 args = json.loads(sys.argv[1])
 keep, last = args["keep"], caps.last_cap()
 if args["user"] is None:
@@ -195,7 +195,7 @@ def test_a_dropped_capability_is_refused(tmp_path: Path) -> None:
     """Not only the bits: without CAP_CHOWN, chown to another user fails."""
     script = """
 import os, sys
-from pytest_nsbox.syscalls import caps
+from pytest_nsbox.kernel import caps
 path = sys.argv[1]
 caps.apply(caps.resolve([], ["CHOWN"], False), caps.last_cap())
 try:
@@ -214,7 +214,7 @@ sys.exit("chown succeeded without CAP_CHOWN")
 
 INIT_PATTERN = """
 import json, os, sys
-from pytest_nsbox.syscalls import caps, libc
+from pytest_nsbox.kernel import caps, libc
 keep = json.loads(sys.argv[1])
 # The box's init: bounding set = keep, but it holds on to what run(user=...) needs.
 caps.drop_bounding(keep, caps.last_cap())

@@ -29,7 +29,7 @@ import pytest
 
 from pytest_nsbox.errors import ImageError
 from pytest_nsbox.images import copy as cp
-from pytest_nsbox.images.image import Image
+from pytest_nsbox.model.image import Image
 from pytest_nsbox.images.layers import MergedView
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,

@@ -1,4 +1,4 @@
-"""rootfs.diff.changes: ``docker diff`` over an overlay upper directory.
+"""overlay.diff.changes: ``docker diff`` over an overlay upper directory.
 
 Most tests lay out image layers and an upper directory by hand in tmp_path, the way overlayfs
 stores them: a deletion is a 0:0 character device (a whiteout), a directory that replaced
@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 import pytest_nsbox
-from pytest_nsbox.rootfs.diff import changes, is_opaque, is_whiteout
-from pytest_nsbox.runtime.result import Change
+from pytest_nsbox.overlay.diff import changes, is_opaque, is_whiteout
+from pytest_nsbox.model.results import Change
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="whiteouts and trusted.* xattrs need root")

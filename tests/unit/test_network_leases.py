@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_nsbox.network.errors import NetworkError
-from pytest_nsbox.network.gc import collect_garbage
+from pytest_nsbox.network.sweep import collect_garbage
 from pytest_nsbox.network.leases import POOL, Leases, owner_alive
 from pytest_nsbox.state import StateDirs
 

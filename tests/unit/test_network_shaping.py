@@ -7,7 +7,7 @@ import pytest
 
 from pytest_nsbox.network import shaping
 from pytest_nsbox.network.errors import NetworkError
-from pytest_nsbox.spec import BoxSpec
+from pytest_nsbox.model.spec import BoxSpec
 
 
 def spec(**keys: object) -> BoxSpec:

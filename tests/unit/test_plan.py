@@ -1,4 +1,4 @@
-"""rootfs.plan: the overlay option string, the init layer and the ordered mount list.
+"""runtime.plan: the overlay option string, the init layer and the ordered mount list.
 
 Everything here is plain data or plain files in tmp_path, except one test that hands
 ``overlay_options`` to a real overlayfs mount inside a private mount namespace (a child
@@ -15,9 +15,9 @@ from typing import Any
 import pytest
 
 import pytest_nsbox
-from pytest_nsbox.images.image import Image
-from pytest_nsbox.rootfs import plan
-from pytest_nsbox.rootfs.plan import (
+from pytest_nsbox.model.image import Image
+from pytest_nsbox.runtime import plan
+from pytest_nsbox.runtime.plan import (
     DEVICES,
     BoxDirs,
     build_plan,
@@ -27,8 +27,8 @@ from pytest_nsbox.rootfs.plan import (
     overlay_options,
     write_init_layer,
 )
-from pytest_nsbox.spec import Bind
-from pytest_nsbox.syscalls import libc
+from pytest_nsbox.model.spec import Bind
+from pytest_nsbox.kernel import libc
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(pytest_nsbox.__file__)))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespaces)")

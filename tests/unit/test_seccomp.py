@@ -20,7 +20,7 @@ from collections.abc import Iterable
 
 import pytest
 
-from pytest_nsbox.syscalls import caps, seccomp
+from pytest_nsbox.kernel import caps, seccomp
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, mounts)")
 
@@ -322,7 +322,7 @@ def test_install_refuses_what_is_not_a_program() -> None:
 
 PROBES = r"""
 import ctypes, errno, json, os, subprocess, sys
-from pytest_nsbox.syscalls import libc, seccomp
+from pytest_nsbox.kernel import libc, seccomp
 
 mode = sys.argv[1]
 if mode != "none":
@@ -440,7 +440,7 @@ def test_the_kernel_enforces_it(mode: str) -> None:
 
 ABI_PROBE = r"""
 import ctypes, mmap, sys
-from pytest_nsbox.syscalls import seccomp
+from pytest_nsbox.kernel import seccomp
 if sys.argv[1] == "filter":
     seccomp.install(seccomp.build())
 if sys.argv[2] == "i386":
@@ -474,7 +474,7 @@ def test_the_kernel_kills_other_abis(abi: str) -> None:
 @needs_root
 def test_nothing_is_imported_after_the_module_is() -> None:
     """The init calls these after ``pivot_root``, where the host's Python is out of reach."""
-    script = ("import sys; from pytest_nsbox.syscalls import seccomp, caps; "
+    script = ("import sys; from pytest_nsbox.kernel import seccomp, caps; "
               "before = set(sys.modules); last = caps.last_cap(); "
               "keep = caps.resolve(['NET_ADMIN'], [], False); "
               "caps.apply(keep, last); caps.names(keep); caps.mask(keep); "
@@ -486,7 +486,7 @@ def test_nothing_is_imported_after_the_module_is() -> None:
 
 
 def test_modules_import_only_the_stdlib() -> None:
-    script = ("import sys; from pytest_nsbox.syscalls import seccomp, caps; "
+    script = ("import sys; from pytest_nsbox.kernel import seccomp, caps; "
               "print(sorted(m for m in sys.modules if m.split('.')[0] in "
               "('pytest', '_pytest', 'pluggy', 'pyroute2', 'filelock')))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,

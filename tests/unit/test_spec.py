@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pytest_nsbox.errors import SpecError
-from pytest_nsbox.spec import (
+from pytest_nsbox.model.spec import (
     CAPABILITIES,
     EXAMPLES,
     KEYS,
@@ -500,7 +500,7 @@ def test_describe_everything_but_env_values(host_dir: str) -> None:
 
 
 def test_spec_does_not_import_pytest() -> None:
-    from pytest_nsbox import spec as spec_module
+    from pytest_nsbox.model import spec as spec_module
 
     source = Path(spec_module.__file__).read_text(encoding="utf-8")
     assert "import pytest\n" not in source and "from pytest " not in source

@@ -1,4 +1,4 @@
-"""runtime/users.py: runc's user lookup (moby/sys user.GetExecUser) over passwd/group text.
+"""model/users.py: runc's user lookup (moby/sys user.GetExecUser) over passwd/group text.
 
 The tables are those of moby/sys ``user/user_test.go`` (formerly opencontainers/runc
 ``libcontainer/user/user_test.go``): ``TestParseLine``, ``TestParsePasswdFilter``,
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_nsbox.runtime import users
-from pytest_nsbox.runtime.users import ExecUser, UserError, exec_user
+from pytest_nsbox.model import users
+from pytest_nsbox.model.users import ExecUser, UserError, exec_user
 
 
 def large_group() -> str:
@@ -317,7 +317,7 @@ def test_check_refuses_what_can_never_resolve(value: object, problem: str) -> No
 def test_the_spec_key_is_checked_when_the_spec_is_made() -> None:
     """Our errors.py rule (a bad value names the source, key and value with a good example),
     for what moby/sys user would refuse only when the command starts."""
-    from pytest_nsbox.spec import BoxSpec
+    from pytest_nsbox.model.spec import BoxSpec
 
     assert BoxSpec.from_kwargs({"user": 1000}).user == "1000"
     assert BoxSpec.from_kwargs({"user": ""}).user is None

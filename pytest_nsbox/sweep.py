@@ -320,7 +320,7 @@ def _mounts() -> list[tuple[str, str]]:
 
 
 def _unmount(point: str) -> None:
-    from .syscalls import libc
+    from .kernel import libc
 
     libc.umount2(point, libc.MNT_DETACH | libc.UMOUNT_NOFOLLOW)
 

@@ -12,10 +12,10 @@ import os
 from typing import Any
 
 from ..errors import ImageError
-from . import layers as layerfs
-from .build import INIT_FILES
-from .image import Image
-from .store import base_history, own_layers
+from ..images import layers as layerfs
+from ..images.build import INIT_FILES
+from ..model.image import Image
+from ..images.store import base_history, own_layers
 
 
 def commit_box(box: Any, tag: str | None = None) -> Image:

@@ -33,7 +33,7 @@ class Image:
         layers, added to the layout if it exists) or a ``docker save`` tar
         (``format="docker-archive"``). ``tag`` names it there (default: from ``ref``).
         Returns ``path``."""
-        from . import oci
+        from ..images import oci
 
         return oci.save(self, path, format=format, tag=tag)
 

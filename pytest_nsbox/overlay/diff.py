@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 import stat
 
-from ..runtime.result import Change
-from .plan import INIT_LAYER_FILES
+from ..model.results import Change
+from ..runtime.plan import INIT_LAYER_FILES
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 

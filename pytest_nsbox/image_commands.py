@@ -6,11 +6,11 @@ import re
 import time
 from typing import Any
 
-from ..errors import ImageError
-from ..state import remove_tree
-from . import builtin
-from .image import Image
-from .store import ImageStore, read_json
+from .errors import ImageError
+from .state import remove_tree
+from .images import builtin
+from .model.image import Image
+from .images.store import ImageStore, read_json
 
 TMP_MAX_AGE = 3600.0
 
@@ -111,7 +111,7 @@ def prune(store: ImageStore) -> list[str]:
             pass
         keep.add(builtin.host_mask_key("/")[0])
         # Kept boxes' layers stay, as `docker image prune` spares stopped containers' images.
-        from .. import kept
+        from . import kept
 
         keep.update(kept.layers_in_use(store.dirs))
         mounted = mounted_layers()
@@ -182,7 +182,7 @@ def build(store: ImageStore, name_or_path: str, build_args: list[str] | None = N
           target: str | None = None) -> Image:
     """Build a fixtures image by name, or the Containerfile at (or in) a path;
     ``build_args`` are ``KEY=VALUE`` texts (``--build-arg``), ``target`` a stage."""
-    from .build import collect_build_args
+    from .images.build import collect_build_args
 
     return store.build(name_or_path, build_args=collect_build_args([], build_args or []),
                        target=target)

@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from ..images.image import Image
-from ..spec import Bind
-from ..syscalls import libc
+from ..model.image import Image
+from ..model.spec import Bind
+from ..kernel import libc
 
 _NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 

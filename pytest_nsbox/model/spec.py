@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from .errors import SpecError
-from .runtime import users
-from .units import (
+from ..errors import SpecError
+from . import users
+from ..units import (
     format_duration,
     format_number,
     format_rate,
@@ -420,7 +420,7 @@ class BoxSpec:
     again. Units: ``memory`` bytes, ``cpus`` cores, ``timeout``/``latency``/``jitter``
     seconds, ``rate`` bit/s, ``loss`` percent; ``None`` is "no limit" / "not set".
     ``user`` is who the box's commands run as (``run(user=)`` overrides it; ``None``: the
-    image's ``USER``, else root), resolved in the box by runc's rules (``runtime/users.py``).
+    image's ``USER``, else root), resolved in the box by runc's rules (``model/users.py``).
     """
 
     image: str = "host"
