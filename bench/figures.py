@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_nsbox.state import remove_tree
+from pytest_nsbox.kernel.fs import remove_tree
 
 from .peers import PATH, Marks, Nsbox, Oci
 from .workspace import Workspace

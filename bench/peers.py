@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_nsbox.state import remove_tree
+from pytest_nsbox.kernel.fs import remove_tree
 
 from .workspace import PREFIX, PeerCgroup, RoundDirs, Workspace, mount_overlay, umount
 

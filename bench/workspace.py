@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pytest_nsbox.state import remove_tree
+from pytest_nsbox.kernel.fs import remove_tree
 from pytest_nsbox.kernel import libc
 
 PREFIX = "nsbox-bench"

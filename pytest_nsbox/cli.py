@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import sweep
+from .model.defaults import DEFAULT_PATH
+from .kernel.proc import in_cgroup, is_namespace_init
 from .errors import NsboxError
 from .state import StateDirs
 
@@ -24,7 +26,6 @@ PROG = "python -m pytest_nsbox"
 #: namespace is joined separately: it applies to the children of the caller).
 ENTER_NAMESPACES = (("cgroup", "CLONE_NEWCGROUP"), ("ipc", "CLONE_NEWIPC"),
                     ("uts", "CLONE_NEWUTS"), ("net", "CLONE_NEWNET"), ("mnt", "CLONE_NEWNS"))
-BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HINT_GC = f"`{PROG} gc` removes it"
 
 
@@ -136,7 +137,7 @@ def init_pid(box: sweep.BoxInfo, backend: Any) -> int:
         except NsboxError:
             pass
     for pid in candidates:
-        if pid and sweep.is_namespace_init(pid) and sweep.in_cgroup(pid, box.cgroup):
+        if pid and is_namespace_init(pid) and in_cgroup(pid, box.cgroup):
             return pid
     raise CliError(f"box {box.id}: its init process is gone (the box is being torn down, or "
                    f"its owner died: {HINT_GC})")
@@ -192,7 +193,7 @@ def enter(box: sweep.BoxInfo, argv: list[str], backend: Any) -> int:
         # the pidfd says so and nothing of another process is used.
         pidfd = os.pidfd_open(pid)
         fds.append(pidfd)
-        if not (sweep.is_namespace_init(pid) and sweep.in_cgroup(pid, box.cgroup)):
+        if not (is_namespace_init(pid) and in_cgroup(pid, box.cgroup)):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         fds.append(proc)
@@ -207,7 +208,7 @@ def enter(box: sweep.BoxInfo, argv: list[str], backend: Any) -> int:
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         # The box's own environment for its commands (image ENV, marker env), as
         # `docker exec` gives the container's; as root, HOME is /root unless that sets it.
-        env = {"PATH": BOX_PATH, "HOME": "/root", **box.env,
+        env = {"PATH": DEFAULT_PATH, "HOME": "/root", **box.env,
                "TERM": os.environ.get("TERM", "dumb")}
         if box.hostname:
             env["HOSTNAME"] = box.hostname

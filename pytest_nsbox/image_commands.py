@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 import os
-import re
 import time
 from typing import Any
 
 from .errors import ImageError
-from .state import remove_tree
+from .kernel import mountinfo
+from .kernel.fs import remove_tree
 from .images import builtin
 from .model.image import Image
 from .images.store import ImageStore, read_json
@@ -77,19 +77,14 @@ def mounted_layers() -> set[str]:
             if ns in seen:
                 continue
             seen.add(ns)
-            with open(f"/proc/{pid}/mountinfo", encoding="utf-8", errors="replace") as f:
-                lines = f.readlines()
+            mounts = mountinfo.of_pid(int(pid))
         except OSError:
             continue
-        for line in lines:
-            if " - overlay " not in line:
-                continue
-            m = re.search(r"lowerdir=([^,]*)", line)
-            if not m:
-                continue
-            for path in m.group(1).split(":"):
+        for m in mounts:
+            lower = m.option("lowerdir") if m.fstype == "overlay" else None
+            for path in (lower or "").split(":"):
                 if path:
-                    found.add(os.path.realpath(path.replace("\\040", " ")))
+                    found.add(os.path.realpath(path))
     return found
 
 

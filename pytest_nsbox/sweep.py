@@ -34,7 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import NsboxError
-from .state import StateDirs, remove_tree, start_time, try_flock
+from .state import StateDirs
+from .kernel.fs import remove_tree, try_flock
+from .kernel import mountinfo
+from .kernel.proc import is_namespace_init, start_time
 
 #: A box directory without ``owner.json`` this old was abandoned half-created (a box writes
 #: it once its init is up, at most ``runtime.box.START_TIMEOUT`` (30 s) after the mkdir).
@@ -251,35 +254,6 @@ def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
 
 # -- processes and cgroups ---------------------------------------------------------------------
 
-def _status_field(pid: int, name: str) -> list[str] | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="utf-8") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key == name:
-                    return value.split()
-    except OSError:
-        return None
-    return None
-
-
-def is_namespace_init(pid: int) -> bool:
-    """Whether ``pid`` is alive and PID 1 of a PID namespace below this one (a box's init)."""
-    nspid = _status_field(pid, "NSpid")
-    state = _status_field(pid, "State")
-    return bool(nspid and len(nspid) > 1 and nspid[-1] == "1"
-                and state and state[0] not in ("Z", "X"))
-
-
-def in_cgroup(pid: int, name: str) -> bool:
-    """Whether process ``pid`` is in a cgroup called ``name`` (any hierarchy)."""
-    try:
-        with open(f"/proc/{pid}/cgroup", encoding="utf-8") as f:
-            return any(line.rstrip("\n").endswith("/" + name) for line in f)
-    except OSError:
-        return False
-
-
 def _backend(cgroup_parent: str | None) -> Any:
     from .cgroups import detect
 
@@ -298,25 +272,12 @@ def _cgroup_age(cgroup: Any, now: float) -> float:
 
 # -- mounts ------------------------------------------------------------------------------------
 
-def _unescape(field: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def _mounts() -> list[tuple[str, str]]:
     """(mount point, source) of every mount in this mount namespace."""
-    found = []
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                fields = line.split()
-                try:
-                    sep = fields.index("-", 6)
-                    found.append((_unescape(fields[4]), _unescape(fields[sep + 2])))
-                except (ValueError, IndexError):
-                    continue
+        return [(m.point, m.source) for m in mountinfo.read()]
     except OSError:
-        pass
-    return found
+        return []
 
 
 def _unmount(point: str) -> None:

@@ -14,7 +14,8 @@ import pytest
 from pytest_nsbox import Box, sweep
 from pytest_nsbox.cgroups import detect
 from pytest_nsbox.errors import CgroupError
-from pytest_nsbox.state import StateDirs, default_run_dir, remove_tree
+from pytest_nsbox.state import StateDirs, default_run_dir
+from pytest_nsbox.kernel.fs import remove_tree
 
 pytestmark = pytest.mark.timeout(120)
 

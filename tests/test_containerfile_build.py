@@ -165,7 +165,7 @@ def test_arg_values_defaults_scope_and_cache(fresh: Fresh) -> None:
     ARG line. Cache: "ARG variables are not persisted ... a cache miss occurs upon its
     first usage, not its definition" (moby/buildkit convert.go ``dispatchArg`` puts the
     value in the state's environment, so RUN keys change only after the ARG line)."""
-    from pytest_nsbox.images.store import host_platform
+    from pytest_nsbox.kernel.arch import oci_platform as host_platform
 
     arch = host_platform()[0]
     fresh.image_dir("app", ARGS)
@@ -461,7 +461,8 @@ def test_cli_images_build_takes_build_args_and_a_target(tmp_path: Path) -> None:
     import sys
     import tempfile
 
-    from pytest_nsbox.state import default_run_dir, remove_tree
+    from pytest_nsbox.state import default_run_dir
+    from pytest_nsbox.kernel.fs import remove_tree
 
     run = tempfile.mkdtemp(prefix="nsbox-clitest-", dir=os.path.dirname(default_run_dir()))
     where = ("--store", str(tmp_path / "store"), "--run", run)

@@ -18,8 +18,9 @@ import time
 import pytest
 from leaks import nsbox_cgroups, nsbox_mounts
 
-from pytest_nsbox import plugin, sweep
+from pytest_nsbox import plugin
 from pytest_nsbox.cgroups import detect
+from pytest_nsbox.kernel.proc import is_namespace_init
 from pytest_nsbox.state import StateDirs
 
 pytestmark = pytest.mark.timeout(180)
@@ -108,7 +109,7 @@ def test_kill_9_of_pytest_leaves_nothing_behind(pytester, cleaner):
         box_dir = os.path.join(StateDirs.default().boxes, box_id)
         with open(os.path.join(box_dir, "owner.json"), encoding="utf-8") as f:
             record = json.load(f)
-        init = next(p for p in pids if sweep.is_namespace_init(p))
+        init = next(p for p in pids if is_namespace_init(p))
         netns = os.stat(f"/proc/{init}/ns/net").st_ino
         assert netns != os.stat("/proc/self/ns/net").st_ino
 

@@ -237,7 +237,7 @@ def state(tmp_path) -> Iterator[Fixture]:
 def old(monkeypatch) -> None:
     """Everything counts as old enough to be garbage."""
     for name in ("HALF_CREATED_AGE", "ORPHAN_CGROUP_AGE", "TMP_LAYER_AGE", "OWNER_LOCK_AGE"):
-        monkeypatch.setattr(gc, name, -1.0)
+        monkeypatch.setattr(sweep, name, -1.0)
 
 
 def test_collect_removes_exactly_what_dead_owners_left(state, old):
@@ -332,7 +332,7 @@ def test_a_failure_is_reported_and_the_rest_still_collected(state, old, monkeypa
             raise PermissionError(13, "Permission denied", path)
         real(path)
 
-    monkeypatch.setattr(gc, "remove_tree", remove_tree)
+    monkeypatch.setattr(sweep, "remove_tree", remove_tree)
     with pytest.raises(sweep.GcIncomplete) as info:
         state.collect()
     assert len(info.value.problems) == 1 and "dead1" in info.value.problems[0]

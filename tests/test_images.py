@@ -417,7 +417,7 @@ def test_a_multi_platform_index_picks_this_hosts_architecture(fresh: Fresh,
                                                               tmp_path: Path) -> None:
     import hashlib
 
-    from pytest_nsbox.images.store import host_platform
+    from pytest_nsbox.kernel.arch import oci_platform as host_platform
 
     fresh.image_dir("small", "FROM busybox\nRUN echo mine > /arch\n")
     layout = tmp_path / "layout"

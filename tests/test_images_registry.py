@@ -22,7 +22,7 @@ import pytest
 
 from pytest_nsbox.errors import ImageError
 from pytest_nsbox.images.registry import Reference, credentials, looks_like_registry_ref
-from pytest_nsbox.images.store import host_platform
+from pytest_nsbox.kernel.arch import oci_platform as host_platform
 from test_images import Fresh, _can_run
 
 pytestmark = pytest.mark.skipif(_can_run() is not None, reason=f"nsbox: {_can_run()}")

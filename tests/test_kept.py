@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 from pytest_nsbox import kept
-from pytest_nsbox.state import default_run_dir, remove_tree
+from pytest_nsbox.state import default_run_dir
+from pytest_nsbox.kernel.fs import remove_tree
 
 pytestmark = pytest.mark.timeout(180)
 

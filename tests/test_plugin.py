@@ -236,7 +236,7 @@ def test_keep_failed_keeps_and_prints_the_read_write_layer(pytester):
         with open(os.path.join(kept, "tmp", "evidence")) as f:
             assert f.read() == "evidence\n"
     finally:
-        from pytest_nsbox.state import remove_tree
+        from pytest_nsbox.kernel.fs import remove_tree
 
         remove_tree(os.path.dirname(kept))
 

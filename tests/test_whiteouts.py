@@ -12,7 +12,7 @@ import pytest
 from test_images import Fresh, _can_run  # the suite's private-store helper
 
 from pytest_nsbox.images import layers
-from pytest_nsbox.images.store import host_platform
+from pytest_nsbox.kernel.arch import oci_platform as host_platform
 
 pytestmark = pytest.mark.skipif(_can_run() is not None, reason=f"nsbox: {_can_run()}")
 

@@ -7,10 +7,10 @@ mount holds none of our controllers are v1). Imported at pytest startup: stdlib 
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 from ..errors import HostNotSupported
+from ..kernel import mountinfo as _mountinfo
 from .base import PREFIX, Backend, Cgroup, Limits, Stats, read_optional
 from .v1 import V1Backend, V1Cgroup
 from .v2 import V2Backend, V2Cgroup
@@ -71,25 +71,14 @@ class Mount:
         return [o for o in self.options if o in V1_CONTROLLERS]
 
 
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
-
-
 def parse_mountinfo(text: str) -> list[Mount]:
     """The ``cgroup`` and ``cgroup2`` mounts in a mountinfo text (proc(5) format)."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split()
-        try:
-            sep = fields.index("-", 6)
-            fstype, options = fields[sep + 1], fields[sep + 3]
-            point = _unescape(fields[4])
-        except (ValueError, IndexError):
-            continue
-        if fstype in ("cgroup", "cgroup2"):
-            mounts.append(Mount(point, fstype, tuple(options.split(","))))
-    return mounts
+    return _cgroup_mounts(_mountinfo.parse(text))
+
+
+def _cgroup_mounts(entries: list[_mountinfo.MountEntry]) -> list[Mount]:
+    return [Mount(m.point, m.fstype, m.super_options) for m in entries
+            if m.fstype in ("cgroup", "cgroup2")]
 
 
 def _under(path: str, root: str) -> bool:
@@ -104,8 +93,7 @@ def detect(root: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo"
     """
     root = os.path.normpath(root)
     try:
-        with open(mountinfo, encoding="utf-8", errors="replace") as f:
-            mounts = parse_mountinfo(f.read())
+        mounts = _cgroup_mounts(_mountinfo.read(mountinfo))
     except OSError as exc:
         raise HostNotSupported(f"cgroups: cannot read {mountinfo}: {exc.strerror}; "
                                "mount /proc (pytest-nsbox needs Linux)") from exc

@@ -49,19 +49,17 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from ..errors import ImageError
+from ..kernel.arch import oci_arch, oci_platform
+from ..model.defaults import DEFAULT_PATH, INIT_LAYER_RELPATHS
 from . import containerfile as cf
 from . import copy as cp
 from . import layers as layerfs
 from ..model.image import Image
 from .shell_lex import Lex, ShellLexError
-from .store import (BUILD_LOCK_TIMEOUT, ImageStore, base_history, host_platform, own_layers,
+from .store import (BUILD_LOCK_TIMEOUT, ImageStore, base_history, own_layers,
                     read_json, write_json)
 
 CONTAINERFILES = ("Containerfile", "Dockerfile")
-# The init layer's files: written per box, never part of a layer (as with docker commit).
-INIT_FILES = frozenset({"etc/hosts", "etc/hostname", "etc/resolv.conf"})
-# system.DefaultPathEnv("linux"): set when the base image has no PATH.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_SHELL = ["/bin/sh", "-c"]
 # Docker's predefined ARGs: usable without an ARG line, kept out of history and cache keys.
 PROXY_ARGS = frozenset(n for p in ("HTTP_PROXY", "HTTPS_PROXY", "FTP_PROXY", "NO_PROXY",
@@ -172,7 +170,7 @@ def _key(*parts: Any) -> str:
 
 def _platform() -> tuple[str, str, str]:
     """(os/arch[/variant], arch, variant) of this host, as BuildKit formats platforms."""
-    arch, variant = host_platform()
+    arch, variant = oci_platform()
     return "linux/" + arch + (f"/{variant}" if variant else ""), arch, variant or ""
 
 
@@ -363,9 +361,8 @@ class Builder:
         wanted = self._expand_global(stage.platform, stage)
         platform, arch, variant = _platform()
         parts = wanted.lower().split("/")
-        aliases = {"x86_64": "amd64", "x86-64": "amd64", "aarch64": "arm64"}
         ok = (parts[0] == "linux" and len(parts) in (2, 3)
-              and aliases.get(parts[1], parts[1]) == arch
+              and oci_arch(parts[1]) == arch
               and (len(parts) == 2 or not variant or parts[2] == variant))
         if not ok:
             raise cf.error(self.path, stage.line, "FROM",
@@ -745,7 +742,7 @@ class Builder:
                     tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-10:]
                     detail = ("; its output ended with:\n  " + "\n  ".join(tail)) if tail else ""
                     raise ImageError(f"{where}: {_short(ins.text, 200)} {what}{detail}")
-                layerfs.copy_tree(box.dirs.upper, tmp, skip=INIT_FILES)
+                layerfs.copy_tree(box.dirs.upper, tmp, skip=INIT_LAYER_RELPATHS)
             finally:
                 box.close()
         finally:
@@ -817,7 +814,7 @@ def _valid_signal(text: str) -> bool:
 
 
 def layerfs_remove(path: str) -> None:
-    from ..state import remove_tree
+    from ..kernel.fs import remove_tree
 
     remove_tree(path)
 

@@ -25,10 +25,11 @@ from typing import IO, Any
 from filelock import FileLock
 
 from ..errors import ImageError
-from ..state import remove_tree
+from ..kernel.arch import oci_platform
+from ..kernel.fs import remove_tree
 from . import layers as layerfs, refs
 from ..model.image import Image
-from .store import LOCK_TIMEOUT, ImageStore, canonical_json, host_platform
+from .store import LOCK_TIMEOUT, ImageStore, canonical_json
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -208,7 +209,7 @@ def load_path(store: ImageStore, path: str, tag: str | None = None,
 
 def pick_platform(manifests: list[dict[str, Any]], where: str) -> dict[str, Any]:
     """The entry of an index for linux on this host's architecture."""
-    arch, variant = host_platform()
+    arch, variant = oci_platform()
     candidates = []
     for entry in manifests:
         plat = entry.get("platform") or {}
@@ -556,7 +557,7 @@ class _Exporter:
             with open(self.store.blob_path(digest), "rb") as f:
                 return f.read()
         if not config:
-            arch, _variant = host_platform()
+            arch, _variant = oci_platform()
             config = {"architecture": arch, "os": "linux",
                       "config": {"Env": [f"{k}={v}" for k, v in self.image.env.items()],
                                  "WorkingDir": self.image.workdir},
@@ -575,7 +576,7 @@ class _Exporter:
 
     def _platform(self) -> dict[str, str]:
         config = self.image.config or {}
-        arch, _variant = host_platform()
+        arch, _variant = oci_platform()
         return {"architecture": config.get("architecture") or arch,
                 "os": config.get("os") or "linux"}
 

@@ -40,7 +40,10 @@ from typing import Any
 from filelock import FileLock
 
 from ..errors import ImageError
-from ..state import StateDirs, remove_tree
+from ..state import StateDirs
+from ..kernel.arch import oci_platform
+from ..kernel.fs import remove_tree
+from ..model.defaults import DEFAULT_PATH
 from . import builtin, layers as layerfs, storefs
 from ..model.image import Image
 
@@ -49,7 +52,6 @@ BUILD_LOCK_TIMEOUT = 1800.0
 # What overlayfs' mount data may hold (one page), less room for the box's own upper,
 # work and init directories.
 OVERLAY_DATA_MAX = 4096
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 BUILTIN = ("host", "busybox", "scratch")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _HEX = re.compile(r"[0-9a-f]{12,64}\Z")
@@ -61,17 +63,6 @@ def now_iso() -> str:
 
 def canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
-
-
-def host_platform() -> tuple[str, str | None]:
-    """This host's OCI architecture (and variant)."""
-    import platform
-
-    machine = platform.machine().lower()
-    return {"x86_64": ("amd64", None), "amd64": ("amd64", None), "aarch64": ("arm64", "v8"),
-            "arm64": ("arm64", "v8"), "armv7l": ("arm", "v7"), "armv6l": ("arm", "v6"),
-            "i686": ("386", None), "i386": ("386", None), "ppc64le": ("ppc64le", None),
-            "s390x": ("s390x", None), "riscv64": ("riscv64", None)}.get(machine, (machine, None))
 
 
 def write_json(path: str, data: Any) -> None:
@@ -232,7 +223,7 @@ class ImageStore:
         layer = self.layer(key, lambda d: builtin.build_host_mask(d, masked), volatile=True)
         return Image(ref="host", id="sha256:" + key, layers=("host", key),
                      layer_dirs=("/", self.short_dir(layer)), host_root=True, store=self,
-                     env={"PATH": HOST_PATH})
+                     env={"PATH": DEFAULT_PATH})
 
     def host_fingerprint(self) -> str:
         """What a build step on ``host`` depends on: the mask, and the host's packages
@@ -387,7 +378,7 @@ class ImageStore:
                     env: dict[str, str], workdir: str, labels: dict[str, str],
                     history: list[dict[str, Any]]) -> dict[str, Any]:
         """The OCI image configuration of an image made here."""
-        arch, variant = host_platform()
+        arch, variant = oci_platform()
         inherited = dict((parent.config or {}).get("config") or {}) if parent else {}
         inherited["Env"] = [f"{k}={v}" for k, v in env.items()]
         inherited["WorkingDir"] = workdir

@@ -18,17 +18,13 @@ import secrets
 import stat
 
 from ..errors import ImageError
+from ..kernel import mountinfo
 
 #: The xattr overlayfs reads for an opaque directory (the store's layers are made as root).
 OPAQUE_XATTR = "trusted.overlay.opaque"
 MOUNTINFO = "/proc/self/mountinfo"
 
 _checked: set[tuple[str, int]] = set()  # (directory, st_dev) found fit in this process
-
-
-def _unescape(field: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as ``\\ooo``."""
-    return field.encode().decode("unicode_escape") if "\\" in field else field
 
 
 def filesystem_of(path: str) -> tuple[str, str]:
@@ -42,19 +38,16 @@ def filesystem_of(path: str) -> tuple[str, str]:
     real = os.path.realpath(path)
     best: tuple[int, str, str] | None = None
     try:
-        with open(MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
-            for line in f:
-                fields = line.split()
-                if len(fields) < 7 or fields[2] != want or "-" not in fields[6:]:
-                    continue
-                point = _unescape(fields[4])
-                fstype = fields[fields.index("-", 6) + 1]
-                inside = real == point or real.startswith(point.rstrip("/") + "/")
-                rank = len(point) if inside else -1
-                if best is None or rank > best[0]:
-                    best = (rank, fstype, point)
+        mounts = mountinfo.read(MOUNTINFO)
     except OSError:
-        pass
+        mounts = []
+    for m in mounts:
+        if m.device != want:
+            continue
+        inside = real == m.point or real.startswith(m.point.rstrip("/") + "/")
+        rank = len(m.point) if inside else -1
+        if best is None or rank > best[0]:
+            best = (rank, m.fstype, m.point)
     return (best[1], best[2]) if best else ("unknown", "?")
 
 

@@ -2,14 +2,15 @@
 
 Every wrapper raises ``OSError(errno, "<call>(<args>) failed: <strerror>")`` so a failure
 names what was attempted and on which path. Constants cite their kernel header. This module
-is imported by the box's init before pivot_root, so it imports only the stdlib.
+is imported by the box's init before pivot_root, so it imports only the stdlib and ``arch``.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import os
-import platform
+
+from . import arch as _arch
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 
@@ -56,20 +57,11 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 RESOLVE_IN_ROOT = 0x10
 
-_SYSCALLS = {
-    # name: (x86_64, aarch64)
-    "pivot_root": (155, 41),
-    "pidfd_open": (434, 434),
-    "openat2": (437, 437),
-    "capset": (126, 91),
-    "capget": (125, 90),
-    "seccomp": (317, 277),
-}
-_ARCH = 1 if platform.machine() in ("aarch64", "arm64") else 0
-
-
 def _nr(name: str) -> int:
-    return _SYSCALLS[name][_ARCH]
+    nr = _arch.number(name)
+    if nr is None:
+        raise OSError(38, f"{name}: no such syscall on {_arch.host()}")  # ENOSYS
+    return nr
 
 
 def _raise(call: str) -> None:
@@ -159,7 +151,7 @@ def openat2(dirfd: int, path: str, flags: int, mode: int = 0,
 
 
 def syscall(name: str, *args: object) -> int:
-    """Raw syscall by name from the table above; returns the result or raises OSError."""
+    """Raw syscall by name from ``arch.SYSCALLS``; returns the result or raises OSError."""
     res = _libc.syscall(_nr(name), *args)
     if res < 0:
         _raise(name)

@@ -15,7 +15,7 @@ SIGSYS ("Bad system call").
 
 ``build`` is pure (bytes in, bytes out); ``install`` loads a program into the calling thread.
 Both run in the box's init and its children, before and after ``pivot_root``: this module
-imports only the stdlib, ``libc`` and ``caps``.
+imports only the stdlib, ``arch``, ``libc`` and ``caps``.
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ import os
 import struct
 from collections.abc import Iterable
 
+from . import arch as _arch
 from . import caps as _caps
 from . import libc
 
@@ -34,16 +35,11 @@ __all__ = [
     "GATES",
     "PERSONALITIES",
     "build",
-    "host_arch",
     "install",
-    "number",
 ]
 
-# <linux/audit.h>: seccomp_data.arch of each ABI the filter reads.
-AUDIT_ARCH_X86_64 = 0xC000003E
-AUDIT_ARCH_AARCH64 = 0xC00000B7
-ARCHES: dict[str, int] = {"x86_64": AUDIT_ARCH_X86_64, "aarch64": AUDIT_ARCH_AARCH64}
-_ALIASES = {"amd64": "x86_64", "arm64": "aarch64"}
+#: The architectures a filter can be built for, with the ``seccomp_data.arch`` it checks.
+ARCHES = _arch.AUDIT_ARCHES
 
 # arch/x86/include/uapi/asm/unistd.h: x32 syscalls are the x86_64 arch with this bit set.
 _X32_SYSCALL_BIT = 0x40000000
@@ -73,64 +69,6 @@ CLONE_NAMESPACES = (libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | l
 
 #: ``personality`` values Docker allows: PER_LINUX, UNAME26, PER_LINUX32, both, and the query.
 PERSONALITIES = (0x0, 0x8, 0x20000, 0x20008, 0xFFFFFFFF)
-
-# Syscall numbers as (x86_64, aarch64); None where that architecture has no such call.
-# x86_64: arch/x86/entry/syscalls/syscall_64.tbl; aarch64 uses the generic table,
-# include/uapi/asm-generic/unistd.h (scripts/syscall.tbl since Linux 6.11).
-_NUMBERS: dict[str, tuple[int | None, int | None]] = {
-    "keyctl": (250, 219),
-    "add_key": (248, 217),
-    "request_key": (249, 218),
-    "kexec_load": (246, 104),
-    "kexec_file_load": (320, 294),
-    "open_by_handle_at": (304, 265),
-    "name_to_handle_at": (303, 264),
-    "init_module": (175, 105),
-    "finit_module": (313, 273),
-    "delete_module": (176, 106),
-    "bpf": (321, 280),
-    "perf_event_open": (298, 241),
-    "userfaultfd": (323, 282),
-    "mount": (165, 40),
-    "umount2": (166, 39),
-    "pivot_root": (155, 41),
-    "open_tree": (428, 428),
-    "move_mount": (429, 429),
-    "fsopen": (430, 430),
-    "fsconfig": (431, 431),
-    "fsmount": (432, 432),
-    "fspick": (433, 433),
-    "mount_setattr": (442, 442),
-    "open_tree_attr": (467, 467),
-    "unshare": (272, 97),
-    "setns": (308, 268),
-    "reboot": (169, 142),
-    "swapon": (167, 224),
-    "swapoff": (168, 225),
-    "settimeofday": (164, 170),
-    "clock_settime": (227, 112),
-    "clock_adjtime": (305, 266),
-    "adjtimex": (159, 171),
-    "acct": (163, 89),
-    "quotactl": (179, 60),
-    "quotactl_fd": (443, 443),
-    "lookup_dcookie": (212, 18),
-    "iopl": (172, None),
-    "ioperm": (173, None),
-    "create_module": (174, None),
-    "get_kernel_syms": (177, None),
-    "query_module": (178, None),
-    "nfsservctl": (180, 42),
-    "uselib": (134, None),
-    "vm86": (None, None),  # i386 only: the arch check already refuses it
-    "vm86old": (None, None),
-    "sysfs": (139, None),
-    "_sysctl": (156, None),
-    "ustat": (136, None),
-    "personality": (135, 92),
-    "clone": (56, 220),
-    "clone3": (435, 435),
-}
 
 _ADMIN = (_caps.SYS_ADMIN,)
 
@@ -195,17 +133,6 @@ GATES: dict[str, tuple[int, ...]] = {
 _ARGUMENT_RULES = ("personality", "clone", "clone3")
 
 
-def host_arch() -> str:
-    """The running kernel's architecture as ``build`` names it."""
-    machine = os.uname().machine
-    return _ALIASES.get(machine, machine)
-
-
-def number(name: str, arch: str | None = None) -> int | None:
-    """The syscall's number on ``arch`` (default: this machine's), None if it has none."""
-    return _NUMBERS[name][_arch_index(_arch(arch))]
-
-
 def build(arch: str | None = None, allow_admin: bool = False,
           caps: Iterable[int] = ()) -> bytes:
     """The default filter for ``arch`` (``"x86_64"`` or ``"aarch64"``; default: this
@@ -215,8 +142,8 @@ def build(arch: str | None = None, allow_admin: bool = False,
     are let through as Docker's profile does. ``allow_admin`` is short for CAP_SYS_ADMIN in
     ``caps``: the mount API, ``unshare``, ``setns``, namespace flags of ``clone``, ``clone3``.
     """
-    name = _arch(arch)
-    index = _arch_index(name)
+    name = _filter_arch(arch)
+    index = _arch.column(name)
     kept = set(caps)
     if allow_admin:
         kept.add(_caps.SYS_ADMIN)
@@ -226,7 +153,7 @@ def build(arch: str | None = None, allow_admin: bool = False,
         return bool(kept.intersection(GATES[syscall]))
 
     def nr(syscall: str) -> int | None:
-        return _NUMBERS[syscall][index]
+        return _arch.SYSCALLS[syscall][index]
 
     deny: set[int] = set()
     for syscall in GATES:
@@ -300,16 +227,12 @@ def install(program: bytes) -> None:
                       f"failed: {os.strerror(exc.errno or 0)}") from None
 
 
-def _arch(arch: str | None) -> str:
-    name = host_arch() if arch is None else _ALIASES.get(arch, arch)
+def _filter_arch(arch: str | None) -> str:
+    name = _arch.host() if arch is None else _arch.kernel_name(arch)
     if name not in ARCHES:
         raise ValueError(f"no seccomp filter for architecture {name!r}; "
                          f"known: {', '.join(ARCHES)}")
     return name
-
-
-def _arch_index(name: str) -> int:
-    return list(ARCHES).index(name)
 
 
 def _need(n: int | None) -> int:

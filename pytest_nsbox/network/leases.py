@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
-from ..state import try_flock
+from ..kernel.fs import try_flock
 from . import netns
 from .errors import NetworkError
 

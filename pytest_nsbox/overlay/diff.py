@@ -11,7 +11,7 @@ import os
 import stat
 
 from ..model.results import Change
-from ..runtime.plan import INIT_LAYER_FILES
+from ..model.defaults import INIT_LAYER_FILES
 
 OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
 

@@ -25,8 +25,10 @@ from ..errors import BoxClosed, BoxError, CommandFailed, SpecError
 from ..model.image import Image
 from ..overlay import diff as overlay_diff
 from .plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
+from ..model.defaults import DEFAULT_PATH
 from ..model.spec import BoxSpec
-from ..state import remove_tree, start_time
+from ..kernel.fs import remove_tree
+from ..kernel.proc import start_time
 from ..kernel import caps, libc
 from . import protocol
 from ..model import users
@@ -284,7 +286,7 @@ class Box:
     def _env(self, extra: Mapping[str, str] | None) -> dict[str, str]:
         # No HOME here: the box's init takes it from the box's /etc/passwd for the
         # command's user unless one of these sets it (runc's prepareEnv).
-        env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        env = {"PATH": DEFAULT_PATH,
                "HOSTNAME": self.hostname}
         env.update(self.image.env)
         env.update(self.spec.env)

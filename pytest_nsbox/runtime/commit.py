@@ -12,8 +12,8 @@ import os
 from typing import Any
 
 from ..errors import ImageError
+from ..model.defaults import INIT_LAYER_RELPATHS
 from ..images import layers as layerfs
-from ..images.build import INIT_FILES
 from ..model.image import Image
 from ..images.store import base_history, own_layers
 
@@ -31,9 +31,9 @@ def commit_box(box: Any, tag: str | None = None) -> Image:
     with store.using():
         tmp = store.new_tmp("commit")
         try:
-            layerfs.copy_tree(upper, tmp, skip=INIT_FILES)
+            layerfs.copy_tree(upper, tmp, skip=INIT_LAYER_RELPATHS)
         except BaseException:
-            from ..state import remove_tree
+            from ..kernel.fs import remove_tree
 
             remove_tree(tmp)
             raise

@@ -24,6 +24,7 @@ from typing import Any, NoReturn
 from ..kernel import caps, libc, seccomp
 from . import protocol
 from ..model import users
+from ..model.defaults import DEFAULT_PATH
 from .loop import ChildServer
 
 _NS_FLAGS = {
@@ -384,7 +385,7 @@ class _Init(ChildServer):
         with ``user`` take the fork path.
         """
         env = _as_root(msg["env"])
-        path = _which(msg["argv"][0], env.get("PATH", _DEFAULT_PATH))
+        path = _which(msg["argv"][0], env.get("PATH", DEFAULT_PATH))
         os.chdir(msg.get("cwd") or "/")
         try:
             pid = os.posix_spawn(
@@ -402,7 +403,6 @@ class _Init(ChildServer):
         return pid
 
 
-_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _DEFAULT_SIGNALS = (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
                     signal.SIGTERM, signal.SIGHUP)
 

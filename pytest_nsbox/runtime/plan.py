@@ -26,7 +26,6 @@ DEV_LINKS = (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
 # test's inner pytest must import the plugin.
 PACKAGE_PARENT: str | None = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-INIT_LAYER_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
 # Docker's defaults (moby oci/defaults.go): hidden, and read-only, parts of /proc and /sys.
 MASKED_PATHS = ("/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys",
                 "/proc/latency_stats", "/proc/timer_list", "/proc/timer_stats",

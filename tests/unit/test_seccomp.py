@@ -20,6 +20,7 @@ from collections.abc import Iterable
 
 import pytest
 
+from pytest_nsbox.kernel import arch as arch_table
 from pytest_nsbox.kernel import caps, seccomp
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, mounts)")
@@ -122,13 +123,13 @@ def run(program: bytes, nr: int, arch: int, args: tuple[int, ...] = (), ip: int 
 def action(arch: str, name_or_nr: str | int, *args: int, allow_admin: bool = False,
            keep: Iterable[int] = ()) -> int:
     program = seccomp.build(arch, allow_admin=allow_admin, caps=keep)
-    nr = name_or_nr if isinstance(name_or_nr, int) else seccomp.number(name_or_nr, arch)
+    nr = name_or_nr if isinstance(name_or_nr, int) else arch_table.number(name_or_nr, arch)
     assert nr is not None, f"{name_or_nr} has no number on {arch}"
     return run(program, nr, AUDIT[arch], args)
 
 
 def present(arch: str) -> list[str]:
-    return [n for n in REFUSED if seccomp.number(n, arch) is not None]
+    return [n for n in REFUSED if arch_table.number(n, arch) is not None]
 
 
 # -- the numbers ------------------------------------------------------------------------------
@@ -148,12 +149,12 @@ def test_numbers_match_the_kernel_headers(arch: str) -> None:
         pytest.skip(f"no {HEADERS[arch]} (apt-get install linux-libc-dev)")
     table = {m[1]: int(m[2]) for m in re.finditer(r"#define __NR_(\w+)\s+(\d+)", text)}
     checked = 0
-    for name in [*REFUSED, "personality", "clone", "clone3"]:
+    for name in arch_table.SYSCALLS:  # the one table: seccomp's calls and libc's
         if name in table:  # headers older than the call (open_tree_attr: Linux 6.15)
-            assert seccomp.number(name, arch) == table[name], name
+            assert arch_table.number(name, arch) == table[name], name
             checked += 1
         elif name not in ("open_tree_attr",):
-            assert seccomp.number(name, arch) is None, f"{name} is not in {HEADERS[arch]}"
+            assert arch_table.number(name, arch) is None, f"{name} is not in {HEADERS[arch]}"
     assert checked > 30
     for name, numbers in COMMON.items():
         assert table[name] == numbers[ARCHES.index(arch)], name
@@ -167,7 +168,7 @@ def test_every_refused_call_has_a_rule() -> None:
 def test_arch_names() -> None:
     assert seccomp.build("amd64") == seccomp.build("x86_64")
     assert seccomp.build("arm64") == seccomp.build("aarch64")
-    assert seccomp.build() == seccomp.build(seccomp.host_arch())
+    assert seccomp.build() == seccomp.build(arch_table.host())
     with pytest.raises(ValueError, match="no seccomp filter for architecture 'riscv64'"):
         seccomp.build("riscv64")
 
@@ -185,7 +186,7 @@ def test_refused_calls_get_eperm(arch: str) -> None:
 @pytest.mark.parametrize("arch", ARCHES)
 def test_everything_else_is_allowed(arch: str) -> None:
     program = seccomp.build(arch)
-    refused = {seccomp.number(n, arch) for n in [*REFUSED, "personality", "clone", "clone3"]}
+    refused = {arch_table.number(n, arch) for n in [*REFUSED, "personality", "clone", "clone3"]}
     allowed = [nr for nr in range(600) if nr not in refused]
     assert {nr: run(program, nr, AUDIT[arch]) for nr in allowed} == {nr: ALLOW for nr in allowed}
     for name, numbers in COMMON.items():
@@ -228,7 +229,7 @@ def test_never_allowed_even_with_every_capability(arch: str) -> None:
              "query_module", "nfsservctl", "uselib", "sysfs", "_sysctl", "ustat"]
     every = caps.resolve([], [], True)
     for name in never:
-        if seccomp.number(name, arch) is not None:
+        if arch_table.number(name, arch) is not None:
             assert action(arch, name, keep=every) == EPERM, name
     assert action(arch, "mount", keep=every) == ALLOW
 
@@ -322,6 +323,7 @@ def test_install_refuses_what_is_not_a_program() -> None:
 
 PROBES = r"""
 import ctypes, errno, json, os, subprocess, sys
+from pytest_nsbox.kernel import arch as arch_table
 from pytest_nsbox.kernel import libc, seccomp
 
 mode = sys.argv[1]
@@ -332,11 +334,11 @@ raw.syscall.restype = ctypes.c_long
 
 def call(name, *args):
     ctypes.set_errno(0)
-    res = raw.syscall(ctypes.c_long(seccomp.number(name)), *[ctypes.c_long(a) for a in args])
+    res = raw.syscall(ctypes.c_long(arch_table.number(name)), *[ctypes.c_long(a) for a in args])
     return "ok" if res >= 0 else errno.errorcode[ctypes.get_errno()]
 
 def clone_ns():
-    res = raw.syscall(ctypes.c_long(seccomp.number("clone")),
+    res = raw.syscall(ctypes.c_long(arch_table.number("clone")),
                       ctypes.c_long(libc.CLONE_NEWUTS | 17), *[ctypes.c_long(0)] * 4)
     if res == 0:  # the child, a copy of this process: leave at once
         os._exit(0)
@@ -462,7 +464,7 @@ def abi_probe(mode: str, abi: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=60, check=False)
 
 
-@pytest.mark.skipif(seccomp.host_arch() != "x86_64", reason="x86_64 ABIs")
+@pytest.mark.skipif(arch_table.host() != "x86_64", reason="x86_64 ABIs")
 @pytest.mark.parametrize("abi", ["i386", "x32"])
 def test_the_kernel_kills_other_abis(abi: str) -> None:
     control = abi_probe("none", abi)

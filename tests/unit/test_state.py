@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import pytest_nsbox
-from pytest_nsbox.state import DEFAULT_STORE, StateDirs, default_run_dir, remove_tree
+from pytest_nsbox.state import DEFAULT_STORE, StateDirs, default_run_dir
+from pytest_nsbox.kernel.fs import remove_tree
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(pytest_nsbox.__file__)))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (mount namespaces)")
@@ -161,7 +162,7 @@ def test_remove_tree_of_a_missing_path_is_a_no_op(tmp_path: Path) -> None:
 
 CROSS_MOUNT_SCRIPT = """
 import os, subprocess, sys
-from pytest_nsbox.state import remove_tree
+from pytest_nsbox.kernel.fs import remove_tree
 tree, source, kind = sys.argv[1:]
 if kind == "tmpfs":  # another filesystem, made here so it dies with this namespace
     subprocess.run(["mount", "-t", "tmpfs", "testtmpfs", source], check=True)
