@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from . import sweep
+from . import records, sweep
 from .model.defaults import DEFAULT_PATH
 from .kernel.proc import in_cgroup, is_namespace_init
 from .errors import NsboxError
@@ -47,7 +47,7 @@ def format_age(seconds: float) -> str:
     return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
-def _memory(backend: Any, box: sweep.BoxInfo) -> str:
+def _memory(backend: Any, box: records.BoxInfo) -> str:
     from .units import format_size
 
     if backend is None:
@@ -72,7 +72,7 @@ PS_STATES = {"live": "running", "kept": "kept"}
 def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
     """Running boxes, then kept ones (``--nsbox-keep``): id, name, image, state, owner
     pid, age and memory in use (kept boxes have neither owner nor memory)."""
-    boxes = sweep.scan_boxes(dirs, kept=True)
+    boxes = records.scan_boxes(dirs, kept=True)
     shown = [b for b in boxes if b.state == "live"] + [b for b in boxes if b.state == "kept"]
     if args.quiet:
         for box in shown:
@@ -96,22 +96,22 @@ def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
 
 # -- enter -------------------------------------------------------------------------------------
 
-def find_box(dirs: StateDirs, ref: str) -> sweep.BoxInfo:
+def find_box(dirs: StateDirs, ref: str) -> records.BoxInfo:
     """A box by id, name, or a unique prefix of either; running boxes before kept ones."""
     if not ref:
         raise CliError("enter: BOX is empty; give a box id or name (see `ps`)")
-    boxes = sweep.scan_boxes(dirs, kept=True)
+    boxes = records.scan_boxes(dirs, kept=True)
 
-    def keys(box: sweep.BoxInfo) -> set[str]:
+    def keys(box: records.BoxInfo) -> set[str]:
         found = {box.id, box.name}
         if box.state == "kept":
             found.add(os.path.basename(box.path))
         return {k for k in found if k}
 
-    def exact(box: sweep.BoxInfo) -> bool:
+    def exact(box: records.BoxInfo) -> bool:
         return ref in keys(box)
 
-    def prefix(box: sweep.BoxInfo) -> bool:
+    def prefix(box: records.BoxInfo) -> bool:
         return any(k.startswith(ref) for k in keys(box))
 
     pools = ([b for b in boxes if b.state != "kept"], [b for b in boxes if b.state == "kept"])
@@ -128,7 +128,7 @@ def find_box(dirs: StateDirs, ref: str) -> sweep.BoxInfo:
                    f"running boxes")
 
 
-def init_pid(box: sweep.BoxInfo, backend: Any) -> int:
+def init_pid(box: records.BoxInfo, backend: Any) -> int:
     """The host PID of the box's init: owner.json's ``pid``, else found in its cgroup."""
     candidates = [box.init_pid] if box.init_pid else []
     if backend is not None:
@@ -158,7 +158,7 @@ def cmd_enter(args: argparse.Namespace, dirs: StateDirs) -> int:
     return enter(box, argv or ["/bin/sh"], _backend(args))
 
 
-def enter_kept(dirs: StateDirs, box: sweep.BoxInfo, argv: list[str],
+def enter_kept(dirs: StateDirs, box: records.BoxInfo, argv: list[str],
                args: argparse.Namespace) -> int:
     """Run ``argv`` in a new box over kept box ``box``'s layers (``kept.reopened``), the way
     ``enter`` runs it in a live box; the new box is deleted when it returns, the kept
@@ -168,13 +168,13 @@ def enter_kept(dirs: StateDirs, box: sweep.BoxInfo, argv: list[str],
 
     try:
         with kept.reopened(dirs, box, args.cgroup_parent) as new:
-            info = sweep.BoxInfo(new.id, new.dirs.base, sweep.read_record(new.dirs.base), "live", 0.0)
+            info = records.BoxInfo(new.id, new.dirs.base, records.read_record(new.dirs.base), "live", 0.0)
             return enter(info, argv, _backend(args))
     finally:
         client.shutdown()
 
 
-def enter(box: sweep.BoxInfo, argv: list[str], backend: Any) -> int:
+def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
     """Run ``argv`` in the box's namespaces, root and cgroup; returns its exit status.
 
     Like ``nsenter -t PID -a -r`` plus joining the box's cgroup (so its limits apply and
@@ -235,7 +235,7 @@ def enter(box: sweep.BoxInfo, argv: list[str], backend: Any) -> int:
     return 128 - code if code < 0 else code
 
 
-def _enter_child(box: sweep.BoxInfo, argv: list[str], env: dict[str, str], procs: list[str],
+def _enter_child(box: records.BoxInfo, argv: list[str], env: dict[str, str], procs: list[str],
                  ns: dict[str, int], root: int) -> None:
     """In the forked child: join cgroup and namespaces, take the box's root, exec."""
     from .kernel import libc

@@ -12,14 +12,12 @@ command changes goes away with that box.
 from __future__ import annotations
 
 import os
-import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .errors import NsboxError
-from .sweep import BoxInfo, scan_boxes
+from .records import KEPT_VERSION, BoxInfo, scan_boxes
 from .model.spec import Bind, BoxSpec
 from .state import StateDirs
 
@@ -28,12 +26,6 @@ if TYPE_CHECKING:
     from .images.store import ImageStore
     from .runtime.box import Box
 
-#: The ``kept`` entry's layout; a new one needs a new number.
-RECORD_VERSION = 1
-#: The label part of a kept directory's name: what a path and an overlay layer option can
-#: hold without quoting (overlayfs separates layers with ``:`` and options with ``,``).
-_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@-]+")
-LABEL_MAX = 100
 #: The reference the entering process gives the kept image in its own store.
 REF_PREFIX = "kept:"
 
@@ -42,38 +34,9 @@ class KeptError(NsboxError):
     """A kept box cannot be entered (no record, or its image's layers are gone)."""
 
 
-def dir_name(label: str, box_id: str) -> str:
-    """``<label>-<id>``, the label (e.g. a test's node id) made safe as above and cut to
-    ``LABEL_MAX`` characters so the name stays under NAME_MAX (255)."""
-    safe = _UNSAFE.sub("_", label).strip("._") or "box"
-    return f"{safe[:LABEL_MAX]}-{box_id}"
-
-
-def record(box: Box) -> dict[str, Any]:
-    """The ``kept`` entry of a box being kept: everything JSON, nothing of its processes."""
-    image, spec, host = box.image, box.spec, box._host
-    return {
-        "version": RECORD_VERSION,
-        "at": time.time(),
-        "label": box.label,
-        "rootdir": host.rootdir,
-        "store": host.dirs.store,
-        "image": {"ref": image.ref, "id": image.id, "layers": list(image.layers),
-                  "layer_dirs": list(image.layer_dirs), "env": dict(image.env),
-                  "workdir": image.workdir, "host_root": image.host_root,
-                  "config": image.config},
-        "spec": {"image": spec.image, "hostname": box.hostname, "env": dict(spec.env),
-                 "user": getattr(spec, "user", None),
-                 "binds": [[b.source, b.target, b.readonly] for b in spec.binds],
-                 "network": "host" if spec.network == "host" else "none",
-                 "privileged": spec.privileged, "cap_add": list(spec.cap_add),
-                 "cap_drop": list(spec.cap_drop), "seccomp": spec.seccomp},
-    }
-
-
 def _entry(box: BoxInfo) -> dict[str, Any]:
     entry = box.record.get("kept") if box.record else None
-    if not isinstance(entry, dict) or entry.get("version") != RECORD_VERSION:
+    if not isinstance(entry, dict) or entry.get("version") != KEPT_VERSION:
         raise KeptError(
             f"box {box.id} ({box.name or '?'}) was kept without a record of its image (by an "
             f"older pytest-nsbox, or its owner.json is unreadable), so no box can be started "

@@ -23,14 +23,12 @@ from __future__ import annotations
 import errno
 import fcntl
 import inspect
-import json
 import os
 import re
 import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 from .errors import NsboxError
@@ -38,10 +36,9 @@ from .state import StateDirs
 from .kernel.fs import remove_tree, try_flock
 from .kernel import mountinfo
 from .kernel.proc import is_namespace_init, start_time
+from .records import BoxInfo, age_of as _age, scan_boxes
+from . import records
 
-#: A box directory without ``owner.json`` this old was abandoned half-created (a box writes
-#: it once its init is up, at most ``runtime.box.START_TIMEOUT`` (30 s) after the mkdir).
-HALF_CREATED_AGE = 60.0
 #: A cgroup with no box directory and nothing alive in it is garbage once this old.
 ORPHAN_CGROUP_AGE = 60.0
 #: Half-written layers older than this whose build lock is free are garbage.
@@ -55,7 +52,7 @@ DESTROY_TIMEOUT = 10.0
 #: The overlay mounts of boxes carry this source.
 MOUNT_SOURCE = "nsbox"
 
-_CGROUP_PREFIX = "nsbox-"
+_CGROUP_PREFIX = records.CGROUP_PREFIX
 #: A box cgroup: ``nsbox-`` and the box id (hex); other ``nsbox-*`` names are not boxes.
 _BOX_CGROUP = re.compile(r"nsbox-[0-9a-f]{6,64}\Z")
 
@@ -100,156 +97,6 @@ def _exclusive(path: str, timeout: float) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
-
-
-def owner_alive(record: dict[str, Any]) -> bool:
-    """Whether the process that owns a box (its ``owner.json`` record) is still alive."""
-    lock = record.get("owner_lock")
-    if isinstance(lock, str) and lock:
-        with try_flock(lock) as taken:
-            if taken is not None:
-                return not taken
-    pid = record.get("owner_pid")
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    started = start_time(pid)
-    if started is None:
-        return False
-    recorded = record.get("owner_start")
-    return not (isinstance(recorded, int) and recorded and recorded != started)
-
-
-# -- boxes -------------------------------------------------------------------------------------
-
-@dataclass
-class BoxInfo:
-    """One box directory and what its ``owner.json`` says.
-
-    ``state`` is ``live`` (its owner lives), ``dead`` (its owner died: garbage), ``starting``
-    (no owner.json yet, young), ``abandoned`` (no readable owner.json, old: garbage) or
-    ``kept`` (under ``<run>/kept/``: kept for inspection by ``--nsbox-keep``).
-    """
-
-    id: str
-    path: str
-    record: dict[str, Any] | None
-    state: str
-    age: float
-
-    @property
-    def name(self) -> str:
-        return str(self._get("name") or "")
-
-    @property
-    def image(self) -> str:
-        return str(self._get("image") or "")
-
-    @property
-    def hostname(self) -> str:
-        return str(self._get("hostname") or "")
-
-    @property
-    def env(self) -> dict[str, str]:
-        """The environment the box's commands get by default (image ENV, marker env)."""
-        env = self._get("env")
-        if not isinstance(env, dict):
-            return {}
-        return {str(k): str(v) for k, v in env.items()}
-
-    @property
-    def workdir(self) -> str:
-        """The box's working directory (the image's ``WORKDIR``), ``/`` if not recorded."""
-        workdir = self._get("workdir")
-        return workdir if isinstance(workdir, str) and workdir.startswith("/") else "/"
-
-    @property
-    def owner_pid(self) -> int | None:
-        pid = self._get("owner_pid")
-        return pid if isinstance(pid, int) else None
-
-    @property
-    def owner_lock(self) -> str | None:
-        lock = self._get("owner_lock")
-        return lock if isinstance(lock, str) and lock else None
-
-    @property
-    def init_pid(self) -> int | None:
-        """The host PID of the box's init, when ``owner.json`` records it."""
-        pid = self._get("pid")
-        return pid if isinstance(pid, int) and pid > 0 else None
-
-    @property
-    def cgroup(self) -> str:
-        name = self._get("cgroup")
-        if isinstance(name, str) and name.startswith(_CGROUP_PREFIX) and "/" not in name:
-            return name
-        return _CGROUP_PREFIX + self.id
-
-    @property
-    def created(self) -> float | None:
-        created = self._get("created")
-        return float(created) if isinstance(created, (int, float)) else None
-
-    @property
-    def upper(self) -> str:
-        """The box's read-write layer."""
-        return os.path.join(self.path, "upper")
-
-    @property
-    def garbage(self) -> bool:
-        return self.state in ("dead", "abandoned")
-
-    def _get(self, key: str) -> Any:
-        return self.record.get(key) if self.record else None
-
-
-def _age(st: os.stat_result, now: float) -> float:
-    """Seconds since ``st`` last changed (the younger of mtime and ctime)."""
-    return now - max(st.st_mtime, st.st_ctime)
-
-
-def read_record(path: str) -> dict[str, Any] | None:
-    """The ``owner.json`` of box directory ``path``, or None when missing or unreadable."""
-    try:
-        with open(os.path.join(path, "owner.json"), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
-
-
-def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
-    """Every box directory under ``<run>/boxes/`` (and ``<run>/kept/`` with ``kept``)."""
-    found: list[BoxInfo] = []
-    now = time.time()
-    tops = [(dirs.boxes, False)] + ([(dirs.kept, True)] if kept else [])
-    for top, is_kept in tops:
-        try:
-            entries = sorted(os.scandir(top), key=lambda e: e.name)
-        except FileNotFoundError:
-            continue
-        for entry in entries:
-            try:
-                if not entry.is_dir(follow_symlinks=False):
-                    continue
-                st = entry.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            record = read_record(entry.path)
-            box_id = str(record.get("id") or "") if record else ""
-            if not box_id:
-                # kept dirs are named <label>-<id>; box dirs are the id itself
-                box_id = entry.name.rpartition("-")[2] if is_kept else entry.name
-            if is_kept:
-                state = "kept"
-            elif record is None:
-                state = "starting" if _age(st, now) < HALF_CREATED_AGE else "abandoned"
-            else:
-                state = "live" if owner_alive(record) else "dead"
-            created = record.get("created") if record else None
-            age = now - (created if isinstance(created, (int, float)) else st.st_mtime)
-            found.append(BoxInfo(box_id, entry.path, record, state, max(0.0, age)))
-    return found
 
 
 # -- processes and cgroups ---------------------------------------------------------------------

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pytest_nsbox import Box, sweep
+from pytest_nsbox import Box, records
 from pytest_nsbox.cgroups import detect
 from pytest_nsbox.errors import CgroupError
 from pytest_nsbox.state import StateDirs, default_run_dir
@@ -145,7 +145,7 @@ def test_gc_dry_run_removes_nothing():
         assert os.path.isdir(box_dir)
         with open(os.path.join(box_dir, "owner.json"), encoding="utf-8") as f:
             assert os.path.exists(json.load(f)["owner_lock"])
-        assert [b.state for b in sweep.scan_boxes(StateDirs.default()) if b.id == box_id] == [
+        assert [b.state for b in records.scan_boxes(StateDirs.default()) if b.id == box_id] == [
             "dead"]
     finally:
         if owner.poll() is None:

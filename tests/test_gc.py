@@ -20,7 +20,7 @@ from contextlib import contextmanager
 import pytest
 from filelock import FileLock
 
-from pytest_nsbox import Box, sweep
+from pytest_nsbox import Box, records, sweep
 from pytest_nsbox.cgroups import V2Backend, detect
 from pytest_nsbox.errors import CgroupError
 from pytest_nsbox.state import StateDirs
@@ -156,14 +156,14 @@ def test_a_box_is_live_while_its_owner_lock_is_held_whatever_its_pid_says(tmp_pa
     record = {"owner_pid": 999_999_999, "owner_start": 1, "owner_lock": str(lock)}
     with open(lock) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        assert sweep.owner_alive(record)
-    assert not sweep.owner_alive(record)
+        assert records.owner_alive(record)
+    assert not records.owner_alive(record)
     lock.unlink()  # no lock file: the pid and its start time decide
-    assert not sweep.owner_alive(record)
+    assert not records.owner_alive(record)
     me = {"owner_pid": os.getpid(), "owner_start": sweep.start_time(os.getpid()),
           "owner_lock": str(lock)}
-    assert sweep.owner_alive(me)
-    assert not sweep.owner_alive(dict(me, owner_start=me["owner_start"] + 1))  # pid reused
+    assert records.owner_alive(me)
+    assert not records.owner_alive(dict(me, owner_start=me["owner_start"] + 1))  # pid reused
 
 
 # -- collect() on a state directory of its own ----------------------------------------------------
@@ -236,7 +236,8 @@ def state(tmp_path) -> Iterator[Fixture]:
 @pytest.fixture
 def old(monkeypatch) -> None:
     """Everything counts as old enough to be garbage."""
-    for name in ("HALF_CREATED_AGE", "ORPHAN_CGROUP_AGE", "TMP_LAYER_AGE", "OWNER_LOCK_AGE"):
+    monkeypatch.setattr(records, "HALF_CREATED_AGE", -1.0)
+    for name in ("ORPHAN_CGROUP_AGE", "TMP_LAYER_AGE", "OWNER_LOCK_AGE"):
         monkeypatch.setattr(sweep, name, -1.0)
 
 
@@ -284,7 +285,7 @@ def test_young_leftovers_may_still_be_in_the_making(state):
     assert state.collect() == [f"removed owner lock {gone_owner_lock} (its process is gone)"]
     for kept in (starting, young_tmp, state.cgroup("00young00"), young_lock):
         assert os.path.exists(kept), kept
-    assert [b.state for b in sweep.scan_boxes(state.dirs)] == ["starting"]
+    assert [b.state for b in records.scan_boxes(state.dirs)] == ["starting"]
 
 
 def test_store_tmp_dirs_stay_while_a_build_holds_the_store(state, old):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_nsbox import kept
+from pytest_nsbox import records
 from pytest_nsbox.state import default_run_dir
 from pytest_nsbox.kernel.fs import remove_tree
 
@@ -251,9 +251,9 @@ def test_a_kept_box_without_a_record_says_where_its_layer_is(own_run: str, cli: 
 def test_kept_dir_names_are_safe_overlay_layers(label: str, expected: str) -> None:
     """A kept layer becomes an overlay lowerdir, where ``:`` separates layers and ``,``
     options (Linux Documentation/filesystems/overlayfs.rst, "Multiple lower layers")."""
-    assert kept.dir_name(label, "0123456789ab") == expected
+    assert records.dir_name(label, "0123456789ab") == expected
 
 
 def test_kept_dir_names_stay_under_name_max() -> None:
-    name = kept.dir_name("test_" + "x" * 400, "0123456789ab")
-    assert len(name) == kept.LABEL_MAX + 13 and name.endswith("-0123456789ab")
+    name = records.dir_name("test_" + "x" * 400, "0123456789ab")
+    assert len(name) == records.LABEL_MAX + 13 and name.endswith("-0123456789ab")

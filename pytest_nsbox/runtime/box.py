@@ -8,7 +8,6 @@ delete the read-write layer.
 """
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import secrets
@@ -27,8 +26,8 @@ from ..overlay import diff as overlay_diff
 from .plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
 from ..model.defaults import DEFAULT_PATH
 from ..model.spec import BoxSpec
+from .. import records
 from ..kernel.fs import remove_tree
-from ..kernel.proc import start_time
 from ..kernel import caps, libc
 from . import protocol
 from ..model import users
@@ -140,23 +139,15 @@ class Box:
         attach(self)
 
     def _write_owner(self, kept: dict[str, Any] | None = None) -> None:
-        """Who owns this box, for ``gc`` after a crash, and for ``enter`` the environment and
-        working directory its commands get by default; ``kept`` adds the record of a kept
-        box (``kept.record``)."""
+        """The box record (``records.py``): who owns this box, for ``gc`` after a crash, and
+        for ``enter`` its default environment and working directory; ``kept`` adds the
+        entry of a kept box (``records.kept_entry``)."""
         # created: when the box came up, also in the record rewritten when it is kept
         self._created: float = getattr(self, "_created", None) or time.time()
-        record: dict[str, Any] = {
-            "id": self.id, "owner_pid": os.getpid(), "owner_start": _own_start_time(),
-            "owner_lock": self._host.owner_lock(), "pid": self.pid or None,
-            "cgroup": f"nsbox-{self.id}", "name": self.name, "image": self.spec.image,
-            "hostname": self.hostname, "created": self._created, "env": self._env(None),
-            "workdir": self.image.workdir}
-        if kept is not None:
-            record["kept"] = kept
-        path = os.path.join(self.dirs.base, "owner.json")
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
-            json.dump(record, f)
-        os.rename(path + ".tmp", path)
+        records.write(self.dirs.base, records.new_record(
+            box_id=self.id, owner_lock=self._host.owner_lock(), pid=self.pid, name=self.name,
+            image=self.spec.image, hostname=self.hostname, created=self._created,
+            env=self._env(None), workdir=self.image.workdir, kept=kept))
 
     def close(self, keep: bool = False) -> None:
         """Kill every process, remove the cgroup and the read-write layer. Idempotent."""
@@ -216,12 +207,13 @@ class Box:
         """Move the box's layers to ``<run>/kept/<label>-<id>/`` with a record of what a
         new box over them needs (``python -m pytest_nsbox enter``); returns the kept
         read-write layer's path."""
-        from .. import kept
-
-        dest = os.path.join(self._host.dirs.kept, kept.dir_name(self.label, self.id))
-        os.makedirs(self._host.dirs.kept, 0o700, exist_ok=True)
+        host = self._host
+        dest = os.path.join(host.dirs.kept, records.dir_name(self.label, self.id))
+        os.makedirs(host.dirs.kept, 0o700, exist_ok=True)
         remove_tree(self.dirs.work)
-        self._write_owner(kept=kept.record(self))
+        self._write_owner(kept=records.kept_entry(
+            label=self.label, rootdir=host.rootdir, store=host.dirs.store, image=self.image,
+            spec=self.spec, hostname=self.hostname))
         os.rename(self.dirs.base, dest)
         return os.path.join(dest, "upper")
 
@@ -445,13 +437,3 @@ def _box_path(path: str, key: str) -> str:
     if path.endswith(("/", "/.")) and clean != "/":
         clean += "/"
     return clean
-
-
-_own_start: tuple[int, int] = (0, 0)
-
-
-def _own_start_time() -> int:
-    global _own_start
-    if _own_start[0] != os.getpid():
-        _own_start = (os.getpid(), start_time(os.getpid()) or 0)
-    return _own_start[1]

@@ -1,0 +1,246 @@
+"""The box record, ``<run>/boxes/<id>/owner.json``: written, read, listed and checked for a
+live owner here, and nowhere else (as crun's ``src/libcrun/status.c`` owns its state file).
+
+A box writes its record once its init is up (``new_record`` + ``write``); ``gc``, ``ps``,
+``enter`` and ``images prune`` read them (``scan_boxes``, ``read_record``). ``owner_lock``
+is a file the owner holds an exclusive ``flock`` on for its whole life: the kernel drops the
+lock when the owner dies, so whoever can take it knows the owner is gone (with no lock
+file, the owner's pid and its start time must still name a live process). A kept box
+(``--nsbox-keep``) moves to ``<run>/kept/<label>-<id>/`` with a ``kept`` entry
+(``kept_entry``) in its record.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from .kernel.fs import try_flock
+from .kernel.proc import own_start_time, start_time
+from .state import StateDirs
+
+if TYPE_CHECKING:
+    from .model.image import Image
+    from .model.spec import BoxSpec
+
+#: The record's file name in a box directory.
+RECORD = "owner.json"
+#: A box directory without a record this old was abandoned half-created (a box writes it
+#: once its init is up, at most ``runtime.box.START_TIMEOUT`` (30 s) after the mkdir).
+HALF_CREATED_AGE = 60.0
+#: A box's cgroup is ``nsbox-<id>``.
+CGROUP_PREFIX = "nsbox-"
+#: The ``kept`` entry's layout; a new one needs a new number.
+KEPT_VERSION = 1
+#: The label part of a kept directory's name: what a path and an overlay layer option can
+#: hold without quoting (overlayfs separates layers with ``:`` and options with ``,``).
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=+@-]+")
+LABEL_MAX = 100
+
+
+def new_record(*, box_id: str, owner_lock: str, pid: int, name: str, image: str,
+               hostname: str, created: float, env: dict[str, str], workdir: str,
+               kept: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The record of a box owned by this process: who owns it (pid, start time, lock), its
+    init's host pid and cgroup for ``gc``, and for ``enter`` the environment and working
+    directory its commands get by default; ``kept`` adds a kept box's entry."""
+    record: dict[str, Any] = {
+        "id": box_id, "owner_pid": os.getpid(), "owner_start": own_start_time(),
+        "owner_lock": owner_lock, "pid": pid or None, "cgroup": CGROUP_PREFIX + box_id,
+        "name": name, "image": image, "hostname": hostname, "created": created, "env": env,
+        "workdir": workdir}
+    if kept is not None:
+        record["kept"] = kept
+    return record
+
+
+def write(box_dir: str, record: dict[str, Any]) -> None:
+    """Write ``record`` into box directory ``box_dir`` atomically (rename over the old)."""
+    path = os.path.join(box_dir, RECORD)
+    with open(path + ".tmp", "w", encoding="utf-8") as f:
+        json.dump(record, f)
+    os.rename(path + ".tmp", path)
+
+
+def read_record(path: str) -> dict[str, Any] | None:
+    """The ``owner.json`` of box directory ``path``, or None when missing or unreadable."""
+    try:
+        with open(os.path.join(path, RECORD), encoding="utf-8") as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def owner_alive(record: dict[str, Any]) -> bool:
+    """Whether the process that owns a box (its ``owner.json`` record) is still alive."""
+    lock = record.get("owner_lock")
+    if isinstance(lock, str) and lock:
+        with try_flock(lock) as taken:
+            if taken is not None:
+                return not taken
+    pid = record.get("owner_pid")
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    started = start_time(pid)
+    if started is None:
+        return False
+    recorded = record.get("owner_start")
+    return not (isinstance(recorded, int) and recorded and recorded != started)
+
+
+def kept_entry(*, label: str, rootdir: str | None, store: str, image: Image, spec: BoxSpec,
+               hostname: str) -> dict[str, Any]:
+    """The ``kept`` entry of a box being kept: what a new box over its layers needs (the
+    image's layer directories, bottom first, its run defaults, and the spec's hostname, env,
+    user, binds and confinement); everything JSON, nothing of its processes."""
+    return {
+        "version": KEPT_VERSION,
+        "at": time.time(),
+        "label": label,
+        "rootdir": rootdir,
+        "store": store,
+        "image": {"ref": image.ref, "id": image.id, "layers": list(image.layers),
+                  "layer_dirs": list(image.layer_dirs), "env": dict(image.env),
+                  "workdir": image.workdir, "host_root": image.host_root,
+                  "config": image.config},
+        "spec": {"image": spec.image, "hostname": hostname, "env": dict(spec.env),
+                 "user": spec.user,
+                 "binds": [[b.source, b.target, b.readonly] for b in spec.binds],
+                 "network": "host" if spec.network == "host" else "none",
+                 "privileged": spec.privileged, "cap_add": list(spec.cap_add),
+                 "cap_drop": list(spec.cap_drop), "seccomp": spec.seccomp},
+    }
+
+
+def dir_name(label: str, box_id: str) -> str:
+    """``<label>-<id>``, the label (e.g. a test's node id) made safe as above and cut to
+    ``LABEL_MAX`` characters so the name stays under NAME_MAX (255)."""
+    safe = _UNSAFE.sub("_", label).strip("._") or "box"
+    return f"{safe[:LABEL_MAX]}-{box_id}"
+
+
+def age_of(st: os.stat_result, now: float) -> float:
+    """Seconds since ``st`` last changed (the younger of mtime and ctime)."""
+    return now - max(st.st_mtime, st.st_ctime)
+
+
+@dataclass
+class BoxInfo:
+    """One box directory and what its ``owner.json`` says.
+
+    ``state`` is ``live`` (its owner lives), ``dead`` (its owner died: garbage), ``starting``
+    (no owner.json yet, young), ``abandoned`` (no readable owner.json, old: garbage) or
+    ``kept`` (under ``<run>/kept/``: kept for inspection by ``--nsbox-keep``).
+    """
+
+    id: str
+    path: str
+    record: dict[str, Any] | None
+    state: str
+    age: float
+
+    @property
+    def name(self) -> str:
+        return str(self._get("name") or "")
+
+    @property
+    def image(self) -> str:
+        return str(self._get("image") or "")
+
+    @property
+    def hostname(self) -> str:
+        return str(self._get("hostname") or "")
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment the box's commands get by default (image ENV, marker env)."""
+        env = self._get("env")
+        if not isinstance(env, dict):
+            return {}
+        return {str(k): str(v) for k, v in env.items()}
+
+    @property
+    def workdir(self) -> str:
+        """The box's working directory (the image's ``WORKDIR``), ``/`` if not recorded."""
+        workdir = self._get("workdir")
+        return workdir if isinstance(workdir, str) and workdir.startswith("/") else "/"
+
+    @property
+    def owner_pid(self) -> int | None:
+        pid = self._get("owner_pid")
+        return pid if isinstance(pid, int) else None
+
+    @property
+    def owner_lock(self) -> str | None:
+        lock = self._get("owner_lock")
+        return lock if isinstance(lock, str) and lock else None
+
+    @property
+    def init_pid(self) -> int | None:
+        """The host PID of the box's init, when ``owner.json`` records it."""
+        pid = self._get("pid")
+        return pid if isinstance(pid, int) and pid > 0 else None
+
+    @property
+    def cgroup(self) -> str:
+        name = self._get("cgroup")
+        if isinstance(name, str) and name.startswith(CGROUP_PREFIX) and "/" not in name:
+            return name
+        return CGROUP_PREFIX + self.id
+
+    @property
+    def created(self) -> float | None:
+        created = self._get("created")
+        return float(created) if isinstance(created, (int, float)) else None
+
+    @property
+    def upper(self) -> str:
+        """The box's read-write layer."""
+        return os.path.join(self.path, "upper")
+
+    @property
+    def garbage(self) -> bool:
+        return self.state in ("dead", "abandoned")
+
+    def _get(self, key: str) -> Any:
+        return self.record.get(key) if self.record else None
+
+
+def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
+    """Every box directory under ``<run>/boxes/`` (and ``<run>/kept/`` with ``kept``)."""
+    found: list[BoxInfo] = []
+    now = time.time()
+    tops = [(dirs.boxes, False)] + ([(dirs.kept, True)] if kept else [])
+    for top, is_kept in tops:
+        try:
+            entries = sorted(os.scandir(top), key=lambda e: e.name)
+        except FileNotFoundError:
+            continue
+        for entry in entries:
+            try:
+                if not entry.is_dir(follow_symlinks=False):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            record = read_record(entry.path)
+            box_id = str(record.get("id") or "") if record else ""
+            if not box_id:
+                # kept dirs are named <label>-<id>; box dirs are the id itself
+                box_id = entry.name.rpartition("-")[2] if is_kept else entry.name
+            if is_kept:
+                state = "kept"
+            elif record is None:
+                state = "starting" if age_of(st, now) < HALF_CREATED_AGE else "abandoned"
+            else:
+                state = "live" if owner_alive(record) else "dead"
+            created = record.get("created") if record else None
+            age = now - (created if isinstance(created, (int, float)) else st.st_mtime)
+            found.append(BoxInfo(box_id, entry.path, record, state, max(0.0, age)))
+    return found
+
+
