@@ -15,6 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .kernel.io import readable
 from . import records, sweep
 from .model.defaults import DEFAULT_PATH
 from .kernel.proc import in_cgroup, is_namespace_init
@@ -182,7 +183,6 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
     capability, not under the box's own confinement, with the environment the box's
     commands get and in its working directory (``/`` if that is gone).
     """
-    from .runtime import protocol
     from .kernel import libc
 
     pid = init_pid(box, backend)
@@ -204,7 +204,7 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
         fds.append(pidns)
         root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc)
         fds.append(root)
-        if protocol.readable([pidfd], 0):
+        if readable([pidfd], 0):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         # The box's own environment for its commands (image ENV, marker env), as
         # `docker exec` gives the container's; as root, HOME is /root unless that sets it.

@@ -600,6 +600,14 @@ class ImageStore:
 
         return oci.load_path(self, self.abspath(os.fspath(path)), tag=tag)
 
+    def save(self, image: Image, path: str | os.PathLike[str], format: str = "oci", *,
+             tag: str | None = None) -> str:
+        """Write ``image`` to ``path`` as an OCI layout (``format="oci"``) or a ``docker
+        save`` tar (``"docker-archive"``); see ``Image.save``. Returns ``path``."""
+        from . import oci
+
+        return oci.save(image, os.fspath(path), format=format, tag=tag)
+
     def pull(self, ref: str) -> Image:
         """Pull ``ref`` from its registry (layers already here are not downloaded)."""
         from . import registry

@@ -32,10 +32,14 @@ class Image:
         """Write the image to ``path``: an OCI layout directory (``format="oci"``, gzip'd
         layers, added to the layout if it exists) or a ``docker save`` tar
         (``format="docker-archive"``). ``tag`` names it there (default: from ``ref``).
-        Returns ``path``."""
-        from ..images import oci
+        Returns ``path``; the image's store writes it (``ImageStore.save``)."""
+        if self.store is None:
+            from ..errors import ImageError
 
-        return oci.save(self, path, format=format, tag=tag)
+            raise ImageError(f"image {self.ref!r} belongs to no image store, so its layers "
+                             f"cannot be read; get it from one (nsbox_images.get(ref))")
+        saved: str = self.store.save(self, path, format=format, tag=tag)
+        return saved
 
     def __repr__(self) -> str:
         return f"Image(ref={self.ref!r}, id={self.id[:19]!r}, layers={len(self.layers)})"

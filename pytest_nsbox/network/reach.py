@@ -16,8 +16,8 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
+from ..kernel.io import readable
 from ..errors import BoxClosed, NsboxError, SpecError
-from ..runtime import protocol
 from . import netns
 from .errors import PortRefused, PortTimeout
 
@@ -202,7 +202,7 @@ class Forward:
 
     def _serve(self) -> None:
         while True:
-            ready = protocol.readable([self._listener.fileno(), self._wake_r], None)
+            ready = readable([self._listener.fileno(), self._wake_r], None)
             if self._wake_r in ready:
                 return
             try:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from ..kernel.io import readable
 from ..cgroups.base import Limits, Stats
 from ..errors import BoxClosed, BoxError, CommandFailed, SpecError
 from ..model.image import Image
@@ -121,7 +122,7 @@ class Box:
             self.pid, self._pidfd = zygote().create(plan, theirs)
         finally:
             theirs.close()
-        if not protocol.readable([ours.fileno()], START_TIMEOUT):
+        if not readable([ours.fileno()], START_TIMEOUT):
             raise BoxError(f"box {self.name!r} did not come up within {START_TIMEOUT:.0f} s")
         msg, _fds = protocol.recv(ours)
         self.start_marks = [("requested", requested), *((m[0], m[1]) for m in (msg or {}).get("marks", ())),

@@ -76,11 +76,12 @@ class ZygoteClient:
         seconds, has died, or could not start the box.
         """
         from ..errors import BoxError
+        from ..kernel.io import readable
         from . import protocol
 
         with self.lock:
             protocol.send(self.sock, {"op": "create", "plan": plan}, [box_end.fileno()])
-            if not protocol.readable([self.sock.fileno()], REPLY_TIMEOUT):
+            if not readable([self.sock.fileno()], REPLY_TIMEOUT):
                 raise BoxError(f"the nsbox zygote (pid {self.proc.pid}) did not answer "
                                f"within {REPLY_TIMEOUT:.0f} s")
             msg, fds = protocol.recv(self.sock)

@@ -11,6 +11,7 @@ import signal
 import socket
 from typing import Any
 
+from ..kernel.io import readable
 from . import protocol
 
 
@@ -26,7 +27,7 @@ class ChildServer:
 
     def serve(self) -> None:
         while True:
-            ready = protocol.readable([self.ctl.fileno(), self.wake_r], None)
+            ready = readable([self.ctl.fileno(), self.wake_r], None)
             if self.wake_r in ready:
                 try:
                     os.read(self.wake_r, 4096)

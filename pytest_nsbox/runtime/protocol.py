@@ -8,30 +8,12 @@ from __future__ import annotations
 
 import array
 import json
-import math
 import os
-import select
 import socket
-from collections.abc import Iterable
 from typing import Any
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8
-
-
-def readable(fds: Iterable[int], timeout: float | None) -> list[int]:
-    """Those of ``fds`` with something to read (or at EOF/error) within ``timeout`` seconds;
-    ``None`` waits as long as it takes.
-
-    What ``select.select(fds, [], [], timeout)[0]`` says, through poll(2): ``select()``
-    fails with "filedescriptor out of range" once a descriptor number reaches FD_SETSIZE
-    (1024), which a long session or a raised RLIMIT_NOFILE reaches.
-    """
-    poller = select.poll()
-    for fd in fds:
-        poller.register(fd, select.POLLIN)
-    ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
-    return [fd for fd, _events in poller.poll(ms)]
 
 
 def socketpair() -> tuple[socket.socket, socket.socket]:
