@@ -26,7 +26,9 @@ HELP_REQUIRE = ("fail, instead of skip, tests that need a box when this host can
                 "boxes (not Linux, not root, no overlayfs)")
 HELP_KEEP = ("keep boxes' read-write layers for inspection: never (default), failed (boxes "
              "of failed tests) or all; their paths are printed at the end")
-HELP_STATE = "directory of the image store (default /var/lib/nsbox, or $NSBOX_STORE)"
+HELP_STORE = "directory of the image store (default /var/lib/nsbox, or $NSBOX_STORE)"
+#: Ini names that still work, each with its new name (a deprecation warning says so).
+RENAMED_INI = {"nsbox_state_dir": "nsbox_store_dir"}
 HELP_RUN = ("directory of running boxes' layers (default /dev/shm/nsbox when /dev/shm is "
             "tmpfs, else /run/nsbox, or $NSBOX_RUN)")
 HELP_CGROUP = "cgroup (relative to the hierarchy root) to create box cgroups under"
@@ -56,7 +58,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   type="linelist", default=[])
     parser.addini("nsbox_require", HELP_REQUIRE, type="bool", default=False)
     parser.addini("nsbox_keep", HELP_KEEP, default="never")
-    parser.addini("nsbox_state_dir", HELP_STATE, default="")
+    parser.addini("nsbox_store_dir", HELP_STORE, default="")
+    for old, new in RENAMED_INI.items():
+        parser.addini(old, f"deprecated name of {new}", default="")
     parser.addini("nsbox_run_dir", HELP_RUN, default="")
     parser.addini("nsbox_cgroup_parent", HELP_CGROUP, default="")
     parser.addini("nsbox_images_dir", HELP_IMAGES_DIR, default="fixtures_images")
@@ -65,6 +69,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                   "http", type="linelist", default=[])
     for key in INI_DEFAULT_KEYS:
         parser.addini(f"nsbox_{key}", f"default for sandbox({key}=...)", default="")
+
+
+class NsboxDeprecationWarning(pytest.PytestDeprecationWarning):
+    """An nsbox option under an old name: it still works; the message names the new one."""
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -81,6 +89,11 @@ def pytest_configure(config: pytest.Config) -> None:
     keep = config.getoption("nsbox_keep") or config.getini("nsbox_keep") or "never"
     if keep not in KEEP_CHOICES:
         raise pytest.UsageError(f"ini nsbox_keep={keep!r}: use one of {', '.join(KEEP_CHOICES)}")
+    for old, new in RENAMED_INI.items():
+        if config.getini(old) and not config.getini(new):
+            config.issue_config_time_warning(NsboxDeprecationWarning(
+                f"ini {old} is deprecated (runc's \"state\" is the run directory; this is "
+                f"the image store): rename it to {new}"), stacklevel=2)
     config.stash[_settings_key] = _Settings(config, keep)
     from .runtime import client  # light: the zygote itself starts with the first box
 
@@ -135,7 +148,8 @@ class _Settings:
             from .state import StateDirs
 
             ini = self.config.getini
-            dirs = StateDirs.default(store=ini("nsbox_state_dir") or None,
+            store_dir = ini("nsbox_store_dir") or ini("nsbox_state_dir")  # the old name
+            dirs = StateDirs.default(store=store_dir or None,
                                      run=ini("nsbox_run_dir") or None)
             self._host = host_mod.Host(dirs=dirs, rootdir=str(self.config.rootpath),
                                        cgroup_parent=ini("nsbox_cgroup_parent") or None)

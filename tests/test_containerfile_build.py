@@ -433,7 +433,7 @@ def test_build_args_from_ini_command_line_and_fixture(pytester: pytest.Pytester,
     folder.mkdir(parents=True)
     (folder / "Containerfile").write_text(ARG_IMAGE)
     store = pytester.path / "store"
-    pytester.makeini(f"[pytest]\nnsbox_state_dir = {store}\n"
+    pytester.makeini(f"[pytest]\nnsbox_store_dir = {store}\n"
                      "nsbox_build_args =\n    GREETING=from-ini\n    OTHER=ini\n")
     pytester.makepyfile("""
         import pytest

@@ -28,7 +28,7 @@ def test_relative_paths_start_at_root_even_with_a_workdir(pytester: pytest.Pytes
         "FROM busybox\n"
         "RUN mkdir -p /home/x && echo top > /marker && echo nested > /home/x/marker\n"
         "WORKDIR /home/x\n")
-    pytester.makeini(f"[pytest]\nnsbox_state_dir = {pytester.path / 'store'}\n")
+    pytester.makeini(f"[pytest]\nnsbox_store_dir = {pytester.path / 'store'}\n")
     pytester.makepyfile("""
         import pytest
 

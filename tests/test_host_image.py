@@ -154,7 +154,7 @@ def test_pip_install_in_a_from_host_step_lands_in_dist_packages(debian_venv: Pat
             assert where.stdout == "/usr/local/lib/python{version}/dist-packages/nsboxprobe.py\\n"
             assert not nsbox.exists("/root/.local")
     """)
-    result = run_from(debian_venv, pytester, "-o", f"nsbox_state_dir={pytester.path / 'store'}")
+    result = run_from(debian_venv, pytester, "-o", f"nsbox_store_dir={pytester.path / 'store'}")
     result.assert_outcomes(passed=1)
     assert not os.path.exists(f"/usr/local/lib/python{version}/dist-packages/nsboxprobe.py")
 
@@ -170,7 +170,7 @@ def test_the_pytool_example_with_debian_python(debian_venv: Path,
     example = REPO / "examples" / "test_fixture_images.py"
     result = run_from(debian_venv, pytester,
                       f"{example}::test_a_host_image_with_a_python_tool_installed_by_run",
-                      "--rootdir", str(REPO), "-o", f"nsbox_state_dir={store}")
+                      "--rootdir", str(REPO), "-o", f"nsbox_store_dir={store}")
     result.assert_outcomes(passed=1)
 
 

@@ -465,7 +465,7 @@ def test_two_xdist_workers_build_a_new_image_once(pytester: pytest.Pytester) -> 
             assert box.read_text("/two") == "two\\n"
     """)
     store = pytester.path / "store"
-    pytester.makeini(f"[pytest]\nnsbox_state_dir = {store}\n")
+    pytester.makeini(f"[pytest]\nnsbox_store_dir = {store}\n")
     result = pytester.runpytest_subprocess("-n", "2", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4)
     log = (store / "build.log").read_text().splitlines()

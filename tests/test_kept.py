@@ -161,7 +161,7 @@ def test_fails(nsbox):
     assert False
 """
     keep_failed(pytester, own_run, source, "-o",
-                f"nsbox_state_dir={pytester.path / 'store'}").assert_outcomes(failed=1)
+                f"nsbox_store_dir={pytester.path / 'store'}").assert_outcomes(failed=1)
     (box_id, _name, image, state, *_rest), = ps_rows(cli)
     assert (image, state) == ("app", "kept")
     done = cli("enter", box_id, "--", "sh", "-c",
@@ -196,7 +196,7 @@ def test_prune_spares_a_kept_boxs_layers_and_a_lost_layer_is_named(
     store = pytester.path / "store"
     keep_failed(pytester, own_run, "import pytest\n\n@pytest.mark.sandbox(image='gone')\n"
                                    "def test_fails(nsbox):\n    assert False\n",
-                "-o", f"nsbox_state_dir={store}").assert_outcomes(failed=1)
+                "-o", f"nsbox_store_dir={store}").assert_outcomes(failed=1)
     (box_id, *_rest), = ps_rows(cli)
     for args in (("images", "rm", "gone"), ("images", "prune")):
         done = cli("--store", str(store), *args)

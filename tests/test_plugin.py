@@ -332,3 +332,26 @@ def test_bad_pool_size_is_a_usage_error(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini nsbox_pool='many': not a number of boxes*"])
+
+
+@pytest.mark.parametrize("name", ["nsbox_store_dir", "nsbox_state_dir"])
+def test_store_ini_and_its_old_name(pytester: pytest.Pytester, name: str) -> None:
+    """Issue 10: the image store's ini option is ``nsbox_store_dir`` (runc calls the run
+    directory "state"); the old ``nsbox_state_dir`` still moves the store, with a
+    PytestDeprecationWarning naming the new option (pytest's ``Config.
+    issue_config_time_warning``, as pytest's own renamed options warn)."""
+    store = pytester.path / "the-store"
+    pytester.makeini(f"[pytest]\n{name} = {store}\n")
+    pytester.makepyfile("""
+        def test_store(nsbox_images):
+            assert nsbox_images.get("scratch").ref == "scratch"
+    """)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert (store / "layers").is_dir(), "the store did not move"
+    if name == "nsbox_state_dir":
+        result.assert_outcomes(passed=1, warnings=1)
+        result.stdout.fnmatch_lines(["*NsboxDeprecationWarning: ini nsbox_state_dir is "
+                                     "deprecated*rename it to nsbox_store_dir*"])
+    else:
+        result.assert_outcomes(passed=1)
+        assert "deprecated" not in result.stdout.str()

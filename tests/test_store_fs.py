@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is 
 def test_a_store_on_ramfs_fails_with_the_filesystem_and_the_fix(pytester: pytest.Pytester) -> None:
     """overlayfs.rst "whiteouts and opaque directories": a layer's opaque directories need
     ``trusted.overlay.opaque``, which ramfs cannot hold. The test that wants a box fails with
-    one line naming ramfs, its mount point, and ini nsbox_state_dir / NSBOX_STORE; no
+    one line naming ramfs, its mount point, and ini nsbox_store_dir / NSBOX_STORE; no
     traceback from deep in the store."""
     pytester.makepyfile("""
         import pytest
@@ -38,7 +38,7 @@ def test_a_store_on_ramfs_fails_with_the_filesystem_and_the_fix(pytester: pytest
         f"cannot hold overlay image layers: it cannot hold the trusted.overlay.opaque extended "
         f"attribute overlayfs uses for opaque directories (setxattr: *). Move the store to a "
         f"local filesystem such as ext4, xfs, btrfs or tmpfs: set the ini option "
-        f"nsbox_state_dir to a directory there, or the environment variable NSBOX_STORE",
+        f"nsbox_store_dir to a directory there, or the environment variable NSBOX_STORE",
     ])
     assert "Traceback" not in result.stdout.str()
     assert not any(mnt.iterdir())  # the mount went with its namespace

@@ -552,7 +552,7 @@ class _Unpacker:
                                                    f"its extended attribute {name} "
                                                    f"({os.strerror(exc.errno)}; tmpfs before "
                                                    f"Linux 6.6 holds no user.*): move the store "
-                                                   f"with ini nsbox_state_dir or NSBOX_STORE"
+                                                   f"with ini nsbox_store_dir or NSBOX_STORE"
                                            ) from None
 
 

@@ -7,7 +7,7 @@ layers below carries the ``trusted.overlay.opaque`` xattr. Some filesystems hold
 9p (WSL, VM shares), many FUSE filesystems, NFS, CIFS, ramfs. A store there fails deep in a
 build or an import with EPERM or EOPNOTSUPP; this probe says so first, naming the
 filesystem (from ``/proc/self/mountinfo``, which also names FUSE's subtype, e.g.
-``fuse.sshfs``) and how to move the store: ini ``nsbox_state_dir`` or ``NSBOX_STORE``.
+``fuse.sshfs``) and how to move the store: ini ``nsbox_store_dir`` or ``NSBOX_STORE``.
 """
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def check(path: str, store: str) -> None:
     cannot hold overlay layers; once per directory and device in each process.
 
     The message names the filesystem, its mount point, what failed, and the two ways to
-    move the store: ini ``nsbox_state_dir`` and the environment variable ``NSBOX_STORE``.
+    move the store: ini ``nsbox_store_dir`` and the environment variable ``NSBOX_STORE``.
     """
     key = (os.path.realpath(path), os.stat(path).st_dev)
     if key in _checked:
@@ -109,6 +109,6 @@ def check(path: str, store: str) -> None:
         raise ImageError(
             f"the image store {store} is on a {fstype} filesystem (mounted at {point}), which "
             f"cannot hold overlay image layers: {what}. Move the store to a local filesystem "
-            f"such as ext4, xfs, btrfs or tmpfs: set the ini option nsbox_state_dir to a "
+            f"such as ext4, xfs, btrfs or tmpfs: set the ini option nsbox_store_dir to a "
             f"directory there, or the environment variable NSBOX_STORE")
     _checked.add(key)

@@ -544,5 +544,5 @@ def test_a_store_without_user_xattrs_refuses_a_layer_that_has_them(
     monkeypatch.setattr(os, "setxattr", no_user_xattrs)
     with pytest.raises(ImageError, match=r"test.tar: entry 'f': the image store's filesystem "
                                          r"cannot hold its extended attribute user.origin .*"
-                                         r"nsbox_state_dir or NSBOX_STORE"):
+                                         r"nsbox_store_dir or NSBOX_STORE"):
         unpack(out.getvalue(), tmp_path / "l")

@@ -41,7 +41,7 @@ def test_a_whiteout_failure_names_the_filesystem_and_the_fix(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """overlayfs.rst "whiteouts and opaque directories": a layer needs 0:0 character
     devices. A 9p store (as WSL and VM shares are) where mknod fails gets one message
-    naming 9p, where it is mounted, what failed, and ini nsbox_state_dir / NSBOX_STORE."""
+    naming 9p, where it is mounted, what failed, and ini nsbox_store_dir / NSBOX_STORE."""
     fake_mountinfo(tmp_path, monkeypatch, "9p", str(tmp_path))
 
     def no_mknod(*args: object, **kwargs: object) -> None:
@@ -54,7 +54,7 @@ def test_a_whiteout_failure_names_the_filesystem_and_the_fix(
     assert text.startswith(f"the image store {tmp_path / 'store'} is on a 9p filesystem "
                            f"(mounted at {tmp_path}), which cannot hold overlay image layers: ")
     assert "0:0 character devices overlayfs uses as whiteouts (mknod: EPERM" in text
-    assert "nsbox_state_dir" in text and "NSBOX_STORE" in text
+    assert "nsbox_store_dir" in text and "NSBOX_STORE" in text
     assert os.listdir(tmp_path / "store" / "tmp") == []  # the probe cleaned up
 
 
