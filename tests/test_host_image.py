@@ -275,7 +275,7 @@ def test_a_prefix_on_a_mount_of_its_own_is_bound(tmp_path: Path) -> None:
         "subprocess.run(['mount', '-t', 'tmpfs', 'nsbox-test', '/srv'], check=True)\n"
         "os.mkdir('/srv/python')\n"
         "sys.prefix = sys.base_prefix = '/srv/python'\n"
-        "from pytest_nsbox.overlay import plan\n"
+        "from pytest_nsbox.runtime import plan\n"
         "from pytest_nsbox.images import builtin\n"
         "plan.PACKAGE_PARENT = None\n"
         "masked = builtin.host_mask_key('/')[1]\n"
