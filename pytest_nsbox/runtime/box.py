@@ -125,10 +125,12 @@ class Box:
         if not readable([ours.fileno()], START_TIMEOUT):
             raise BoxError(f"box {self.name!r} did not come up within {START_TIMEOUT:.0f} s")
         msg, _fds = protocol.recv(ours)
-        self.start_marks = [("requested", requested), *((m[0], m[1]) for m in (msg or {}).get("marks", ())),
-                            ("ready", time.monotonic())]
-        if msg is None or not msg.get("ready"):
-            why = msg.get("error") if msg else "its init died during setup"
+        marks = msg.marks if isinstance(msg, protocol.BoxReady) else ()
+        self.start_marks = [("requested", requested), *marks, ("ready", time.monotonic())]
+        if not isinstance(msg, protocol.BoxReady):
+            if msg is not None and not isinstance(msg, protocol.SetupFailed):
+                raise protocol.unexpected(msg, f"box {self.name!r} starting")
+            why = msg.error if msg else "its init died during setup"
             raise BoxError(f"box {self.name!r} (image {self.spec.image!r}) failed to start: {why}")
         self._write_owner()
         self._attach_network()
@@ -259,9 +261,10 @@ class Box:
         data = input.encode() if isinstance(input, str) else input
         if data is not None and not isinstance(data, bytes):
             raise SpecError("input", input, "not str or bytes", "'text'", source="run")
-        request = {"op": "exec", "argv": argv, "env": self._env(env),
-                   "cwd": _box_path(cwd, "cwd") if cwd is not None else self.image.workdir,
-                   "user": self._user(user)}
+        request = protocol.Exec(
+            argv=tuple(argv), env=self._env(env),
+            cwd=_box_path(cwd, "cwd") if cwd is not None else self.image.workdir,
+            user=self._user(user))
         proc = Process(self, cmd, request, data, oom=self._cgroup.oom_kills,
                        record=self._finished)
         self._processes.append(proc)
@@ -310,7 +313,7 @@ class Box:
     def kill_process(self, pid: int, sig: int = signal.SIGKILL) -> None:
         if self._ctl is not None and not self._closed:
             try:
-                protocol.send(self._ctl, {"op": "kill", "pid": pid, "signal": int(sig)})
+                protocol.send(self._ctl, protocol.Kill(pid=pid, signal=int(sig)))
             except OSError:
                 pass
 

@@ -22,12 +22,14 @@ import atexit
 import os
 import sys
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import socket
     import subprocess
     from typing import TypedDict
+
+    from .protocol import BoxPlan
 
     class _Registry(TypedDict):
         locks: dict[int, threading.Lock]
@@ -69,7 +71,7 @@ class ZygoteClient:
             theirs.close()
         self.sock: socket.socket = ours
 
-    def create(self, plan: dict[str, Any], box_end: socket.socket) -> tuple[int, int]:
+    def create(self, plan: BoxPlan, box_end: socket.socket) -> tuple[int, int]:
         """Fork a box running ``plan``; returns its host PID and a pidfd for it.
 
         Raises ``BoxError`` when the zygote does not answer within ``REPLY_TIMEOUT``
@@ -80,7 +82,7 @@ class ZygoteClient:
         from . import protocol
 
         with self.lock:
-            protocol.send(self.sock, {"op": "create", "plan": plan}, [box_end.fileno()])
+            protocol.send(self.sock, protocol.CreateBox(plan=plan), [box_end.fileno()])
             if not readable([self.sock.fileno()], REPLY_TIMEOUT):
                 raise BoxError(f"the nsbox zygote (pid {self.proc.pid}) did not answer "
                                f"within {REPLY_TIMEOUT:.0f} s")
@@ -88,11 +90,13 @@ class ZygoteClient:
         if msg is None:
             raise BoxError(f"the nsbox zygote (pid {self.proc.pid}) died; "
                            f"exit status {self.proc.poll()}")
-        if "error" in msg:
-            for fd in fds:
-                os.close(fd)
-            raise BoxError(str(msg["error"]))
-        return int(msg["pid"]), fds[0]
+        if isinstance(msg, protocol.BoxCreated):
+            return msg.pid, fds[0]
+        for fd in fds:
+            os.close(fd)
+        if isinstance(msg, protocol.CreateFailed):
+            raise BoxError(msg.error)
+        raise protocol.unexpected(msg, "the zygote's owner")
 
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """End the zygote and wait for it (bounded): EOF on its control socket makes it

@@ -19,10 +19,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from ..kernel import caps, libc, seccomp
 from . import protocol
+from .protocol import BoxPlan, Confinement, Exec, Kill, MountOp
 from ..model import users
 from ..model.defaults import DEFAULT_PATH
 from .loop import ChildServer
@@ -65,7 +66,7 @@ def prepare(host_netns: int) -> None:
 _HOST_NETNS = -1
 
 
-def boot(plan: dict[str, Any], ctl_fd: int) -> NoReturn:
+def boot(plan: BoxPlan, ctl_fd: int) -> NoReturn:
     """Entry point in the (prepared) child that is PID 1 of its namespace."""
     code = 1
     try:
@@ -74,10 +75,10 @@ def boot(plan: dict[str, Any], ctl_fd: int) -> NoReturn:
         try:
             _setup(plan, marks)
         except BaseException as exc:  # reported whole to the owner, never swallowed
-            protocol.send(ctl, {"error": _describe(exc)})
+            protocol.send(ctl, protocol.SetupFailed(error=_describe(exc)))
             os._exit(1)
         # Where setup time goes, for ci/bench's profile: (step, monotonic seconds).
-        protocol.send(ctl, {"ready": True, "marks": marks})
+        protocol.send(ctl, protocol.BoxReady(marks=tuple(marks)))
         _Init(ctl).serve()
         code = 0
     except BaseException:
@@ -93,25 +94,25 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _setup(plan: dict[str, Any], marks: list[tuple[str, float]]) -> None:
-    for procs in plan["cgroup_procs"]:
+def _setup(plan: BoxPlan, marks: list[tuple[str, float]]) -> None:
+    for procs in plan.cgroup_procs:
         _write(procs, "0")
     marks.append(("cgroup joined", time.monotonic()))
-    if "cgroup" in plan["namespaces"]:
+    if "cgroup" in plan.namespaces:
         libc.unshare(libc.CLONE_NEWCGROUP)
-    if "net" not in plan["namespaces"]:
+    if "net" not in plan.namespaces:
         libc.setns(_HOST_NETNS, libc.CLONE_NEWNET)  # network="host"
     os.close(_HOST_NETNS)
     marks.append(("namespaces", time.monotonic()))
-    root = plan["root"]
-    libc.mount("nsbox", root, "overlay", plan.get("overlay_flags", 0), plan["overlay"])
+    root = plan.root
+    libc.mount("nsbox", root, "overlay", plan.overlay_flags, plan.overlay)
     marks.append(("overlay", time.monotonic()))
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for op in plan["ops"]:
-            _OPS[op["op"]](rootfd, op)
-            if plan.get("trace_ops"):
-                marks.append((f"{op['op']} {op.get('target') or op.get('path')}", time.monotonic()))
+        for op in plan.ops:
+            run_op(rootfd, op)
+            if plan.trace_ops:
+                marks.append((f"{op.kind} {op.dest}", time.monotonic()))
     finally:
         os.close(rootfd)
     marks.append(("mount plan", time.monotonic()))
@@ -120,8 +121,8 @@ def _setup(plan: dict[str, Any], marks: list[tuple[str, float]]) -> None:
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir("/")
     marks.append(("pivot_root", time.monotonic()))
-    libc.sethostname(plan["hostname"])
-    if "net" in plan["namespaces"]:
+    libc.sethostname(plan.hostname)
+    if "net" in plan.namespaces:
         _loopback_up()
     marks.append(("hostname, lo", time.monotonic()))
     # Not dumpable: nothing in the box may open /proc/1/exe (the host's python binary) or
@@ -135,27 +136,27 @@ def _setup(plan: dict[str, Any], marks: list[tuple[str, float]]) -> None:
         _OOM_ADJUSTED = True
     except PermissionError:
         pass
-    _confine(plan.get("confine") or {})
+    _confine(plan.confine)
     marks.append(("confined", time.monotonic()))
 
 
-def _confine(confine: dict[str, Any]) -> None:
+def _confine(confine: Confinement) -> None:
     """Confine PID 1 itself: every command it starts (spawned or forked) inherits this.
 
     Capabilities first (dropping needs CAP_SETPCAP), then no_new_privs, then the seccomp
     filter, which from then on also guards the init.
     """
     global _KEEP
-    keep = confine.get("caps")
+    keep = confine.caps
     if keep is not None:
         _KEEP = list(keep)
         caps.drop_bounding(keep, _LAST_CAP or caps.last_cap())
         # The init keeps SETUID/SETGID for `run(user=...)` even when the box drops them;
         # with no_new_privs a root exec gets no more than the bounding set: exactly keep.
         caps.limit(set(keep) | {caps.SETUID, caps.SETGID})
-    if confine.get("no_new_privs"):
+    if confine.no_new_privs:
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
-    if confine.get("seccomp"):
+    if confine.seccomp:
         seccomp.install(_filter(keep or ()))
 
 
@@ -200,33 +201,64 @@ def _fdpath(fd: int) -> str:
     return f"/proc/self/fd/{fd}"
 
 
-def _op_mount(rootfd: int, op: dict[str, Any]) -> None:
-    fd = _open_in_root(rootfd, op["target"], os.O_PATH | os.O_DIRECTORY)
+def run_op(rootfd: int, op: MountOp) -> None:
+    """Run one mount op on the root opened as ``rootfd``. Raises ``ValueError`` for a kind
+    no handler exists for (never skipped), ``OSError`` for a step that fails; a missing
+    ``dest`` of an ``allow_missing`` op skips it (``_open_dest``)."""
+    handler = _OPS.get(op.kind)
+    if handler is None:
+        raise ValueError(f"unknown mount op kind {op.kind!r} (known: {', '.join(_OPS)})")
+    handler(rootfd, op)
+
+
+def _open_dest(rootfd: int, op: MountOp, flags: int = os.O_PATH) -> int | None:
+    """``op.dest`` opened in the root; None when it does not exist and the op allows that."""
     try:
-        libc.mount(op["source"], _fdpath(fd), op["fstype"], op.get("flags", 0), op.get("data"))
+        return _open_in_root(rootfd, op.dest, flags)
+    except FileNotFoundError:
+        if op.allow_missing:
+            return None
+        raise
+
+
+def _op_mount(rootfd: int, op: MountOp) -> None:
+    fd = _open_dest(rootfd, op, os.O_PATH | os.O_DIRECTORY)
+    if fd is None:
+        return
+    try:
+        libc.mount(op.source, _fdpath(fd), op.fstype, op.flags, op.data)
     finally:
         os.close(fd)
 
 
-def _op_bind(rootfd: int, op: dict[str, Any]) -> None:
-    src = os.open(op["source"], os.O_PATH | os.O_CLOEXEC)
+def _op_bind(rootfd: int, op: MountOp) -> None:
+    fd = _open_dest(rootfd, op)
+    if fd is None:
+        return
     try:
-        fd = _open_in_root(rootfd, op["target"])
+        src = os.open(str(op.source), os.O_PATH | os.O_CLOEXEC)
         try:
             libc.mount(_fdpath(src), _fdpath(fd), None, libc.MS_BIND | libc.MS_REC)
         finally:
-            os.close(fd)
+            os.close(src)
     finally:
-        os.close(src)
-    if op.get("readonly"):
-        _op_remount(rootfd, {"target": op["target"], "flags": libc.MS_RDONLY})
+        os.close(fd)
+    if op.flags & libc.MS_RDONLY:
+        _remount(rootfd, op.dest, libc.MS_RDONLY)
 
 
-def _op_remount(rootfd: int, op: dict[str, Any]) -> None:
+def _op_remount(rootfd: int, op: MountOp) -> None:
+    fd = _open_dest(rootfd, op)
+    if fd is not None:
+        os.close(fd)
+        _remount(rootfd, op.dest, op.flags)
+
+
+def _remount(rootfd: int, dest: str, flags: int) -> None:
     # Reopen: the fd must name the new mount's root, not the dentry under it.
-    fd = _open_in_root(rootfd, op["target"])
+    fd = _open_in_root(rootfd, dest)
     try:
-        flags = libc.MS_REMOUNT | libc.MS_BIND | op["flags"]
+        flags |= libc.MS_REMOUNT | libc.MS_BIND
         try:
             libc.mount(None, _fdpath(fd), None, flags)
         except PermissionError:
@@ -242,41 +274,40 @@ def _split(path: str) -> tuple[str, str]:
     return parent or "/", name
 
 
-def _op_mknod(rootfd: int, op: dict[str, Any]) -> None:
-    parent, name = _split(op["path"])
+def _op_mknod(rootfd: int, op: MountOp) -> None:
+    parent, name = _split(op.dest)
     dfd = _open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        os.mknod(name, op["mode"], os.makedev(op["major"], op["minor"]), dir_fd=dfd)
-        os.chmod(f"{_fdpath(dfd)}/{name}", op["mode"] & 0o7777)
+        os.mknod(name, op.mode, os.makedev(op.major, op.minor), dir_fd=dfd)
+        os.chmod(f"{_fdpath(dfd)}/{name}", op.mode & 0o7777)
     finally:
         os.close(dfd)
 
 
-def _op_symlink(rootfd: int, op: dict[str, Any]) -> None:
-    parent, name = _split(op["path"])
+def _op_symlink(rootfd: int, op: MountOp) -> None:
+    parent, name = _split(op.dest)
     dfd = _open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        os.symlink(op["target"], name, dir_fd=dfd)
+        os.symlink(str(op.source), name, dir_fd=dfd)
     finally:
         os.close(dfd)
 
 
-def _op_mkdir(rootfd: int, op: dict[str, Any]) -> None:
-    parent, name = _split(op["path"])
+def _op_mkdir(rootfd: int, op: MountOp) -> None:
+    parent, name = _split(op.dest)
     dfd = _open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY)
     try:
-        os.mkdir(name, op.get("mode", 0o755), dir_fd=dfd)
+        os.mkdir(name, op.mode or 0o755, dir_fd=dfd)
     except FileExistsError:
         pass
     finally:
         os.close(dfd)
 
 
-def _op_mask(rootfd: int, op: dict[str, Any]) -> None:
+def _op_mask(rootfd: int, op: MountOp) -> None:
     """Hide a path: an empty read-only tmpfs over a directory, /dev/null over a file."""
-    try:
-        fd = _open_in_root(rootfd, op["target"])
-    except FileNotFoundError:
+    fd = _open_dest(rootfd, op)
+    if fd is None:
         return
     try:
         if stat.S_ISDIR(os.fstat(fd).st_mode):
@@ -291,27 +322,26 @@ def _op_mask(rootfd: int, op: dict[str, Any]) -> None:
         os.close(fd)
 
 
-def _op_readonly(rootfd: int, op: dict[str, Any]) -> None:
-    try:
-        fd = _open_in_root(rootfd, op["target"])
-    except FileNotFoundError:
+def _op_readonly(rootfd: int, op: MountOp) -> None:
+    fd = _open_dest(rootfd, op)
+    if fd is None:
         return
     try:
         libc.mount(_fdpath(fd), _fdpath(fd), None, libc.MS_BIND | libc.MS_REC)
     finally:
         os.close(fd)
-    _op_remount(rootfd, {"target": op["target"], "flags": libc.MS_RDONLY})
+    _remount(rootfd, op.dest, libc.MS_RDONLY)
 
 
-_OPS = {
-    "mount": _op_mount,
-    "bind": _op_bind,
-    "remount": _op_remount,
-    "mknod": _op_mknod,
-    "symlink": _op_symlink,
-    "mkdir": _op_mkdir,
-    "mask": _op_mask,
-    "readonly": _op_readonly,
+_OPS: dict[str, Callable[[int, MountOp], None]] = {
+    protocol.MOUNT: _op_mount,
+    protocol.BIND: _op_bind,
+    protocol.REMOUNT: _op_remount,
+    protocol.MKNOD: _op_mknod,
+    protocol.SYMLINK: _op_symlink,
+    protocol.MKDIR: _op_mkdir,
+    protocol.MASK: _op_mask,
+    protocol.READONLY: _op_readonly,
 }
 
 
@@ -333,32 +363,36 @@ class _Init(ChildServer):
         sock = self.children.pop(pid, None)  # else an orphan: reaped, nothing to tell
         if sock is not None:
             try:
-                protocol.send(sock, {"exit": status})
+                protocol.send(sock, protocol.Exited(status=status))
             except OSError:
                 pass
             sock.close()
 
-    def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
-        op = msg.get("op")
-        if op == "exec" and len(fds) == 4:
+    def handle(self, msg: protocol.Message, fds: list[int]) -> None:
+        """``Exec`` and ``Kill``; any other message is a ``ProtocolError`` (its fds are
+        closed), which ends the box."""
+        if isinstance(msg, Exec):
             self.exec(msg, fds)
-        elif op == "kill":
-            pid, sig = int(msg["pid"]), int(msg["signal"])
-            if pid in self.children:
-                for kill, target in ((os.killpg, pid), (os.kill, pid)):
-                    try:
-                        kill(target, sig)
-                    except OSError:
-                        continue
+        elif isinstance(msg, Kill):
+            self.kill(msg)
         else:
             for fd in fds:
                 os.close(fd)
+            raise protocol.unexpected(msg, "the box's init")
 
-    def exec(self, msg: dict[str, Any], fds: list[int]) -> None:
+    def kill(self, msg: Kill) -> None:
+        if msg.pid in self.children:
+            for kill, target in ((os.killpg, msg.pid), (os.kill, msg.pid)):
+                try:
+                    kill(target, msg.signal)
+                except OSError:
+                    continue
+
+    def exec(self, msg: Exec, fds: list[int]) -> None:
         stdin, stdout, stderr, status_fd = fds
         status = socket.socket(fileno=status_fd)
         try:
-            if msg.get("user") is None:
+            if msg.user is None:
                 pid = self.spawn(msg, stdin, stdout, stderr)
             else:
                 pid = os.fork()
@@ -368,28 +402,28 @@ class _Init(ChildServer):
             code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
             what = (f"cannot fork: {exc.strerror}" if code == errno.EAGAIN
                     and isinstance(exc, OSError) else _describe(exc))
-            protocol.send(status, {"exec_error": what, "errno": code})
+            protocol.send(status, protocol.ExecFailed(error=what, errno=code))
             status.close()
             return
         finally:
             for fd in (stdin, stdout, stderr):
                 os.close(fd)
         self.children[pid] = status
-        protocol.send(status, {"pid": pid})
+        protocol.send(status, protocol.Started(pid=pid))
 
-    def spawn(self, msg: dict[str, Any], stdin: int, stdout: int, stderr: int) -> int:
+    def spawn(self, msg: Exec, stdin: int, stdout: int, stderr: int) -> int:
         """The fast path: vfork+exec through posix_spawn, no copy of this process.
 
         What a command needs set that posix_spawn cannot do (cwd) is set on the init around
         the call; confinement was applied to the init itself and is inherited. Commands
         with ``user`` take the fork path.
         """
-        env = _as_root(msg["env"])
-        path = _which(msg["argv"][0], env.get("PATH", DEFAULT_PATH))
-        os.chdir(msg.get("cwd") or "/")
+        env = _as_root(msg.env)
+        path = _which(msg.argv[0], env.get("PATH", DEFAULT_PATH))
+        os.chdir(msg.cwd or "/")
         try:
             pid = os.posix_spawn(
-                path, msg["argv"], env, setsid=True, setsigmask=(),
+                path, msg.argv, env, setsid=True, setsigmask=(),
                 setsigdef=_DEFAULT_SIGNALS,
                 file_actions=[(os.POSIX_SPAWN_DUP2, stdin, 0), (os.POSIX_SPAWN_DUP2, stdout, 1),
                               (os.POSIX_SPAWN_DUP2, stderr, 2)])
@@ -423,7 +457,7 @@ def _which(program: str, path: str) -> str:
     raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), program)
 
 
-def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
+def _child(msg: Exec, stdin: int, stdout: int, stderr: int,
            status: socket.socket) -> NoReturn:
     try:
         signal.set_wakeup_fd(-1)
@@ -440,15 +474,15 @@ def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
             _write("/proc/self/oom_score_adj", "0")
         # As runc's finalizeNamespace: into the directory before the switch, and again
         # after it when only the new user may enter it.
-        cwd = str(msg.get("cwd") or "/")
+        cwd = msg.cwd or "/"
         try:
             os.chdir(cwd)
             entered = True
         except PermissionError:
             entered = False
         passwd = users.read_file(_PASSWD)
-        who = users.exec_user(str(msg.get("user") or ""), passwd, users.read_file(_GROUP))
-        env = users.with_home(msg["env"], who.uid, passwd)
+        who = users.exec_user(msg.user or "", passwd, users.read_file(_GROUP))
+        env = users.with_home(msg.env, who.uid, passwd)
         _own_stdio(who.uid)
         _set_groups(who)
         _set_id(os.setuid, who.uid, "uid")
@@ -456,12 +490,11 @@ def _child(msg: dict[str, Any], stdin: int, stdout: int, stderr: int,
             os.chdir(cwd)
         if _KEEP is not None:
             caps.limit(_KEEP)
-        argv = msg["argv"]
-        os.execvpe(argv[0], argv, env)
+        os.execvpe(msg.argv[0], msg.argv, env)
     except BaseException as exc:
         code = exc.errno if isinstance(exc, OSError) and exc.errno else errno.EINVAL
         try:
-            protocol.send(status, {"exec_error": _describe(exc), "errno": code})
+            protocol.send(status, protocol.ExecFailed(error=_describe(exc), errno=code))
         finally:
             os._exit(127)
     os._exit(127)

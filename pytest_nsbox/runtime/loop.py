@@ -1,7 +1,9 @@
 """The single-threaded loop the zygote and every box's init run.
 
-Requests arrive on a control socket; children's deaths arrive as SIGCHLD through a wakeup
-pipe and are reaped here. EOF on the control socket (the owner is gone) ends the loop.
+Requests arrive on a control socket as ``protocol`` messages; children's deaths arrive as
+SIGCHLD through a wakeup pipe and are reaped here. EOF on the control socket (the owner is
+gone) ends the loop; a message that is not a request this server knows raises
+``protocol.ProtocolError`` out of ``serve``.
 Imported by the box's init before pivot_root: stdlib only.
 """
 from __future__ import annotations
@@ -9,8 +11,6 @@ from __future__ import annotations
 import os
 import signal
 import socket
-from typing import Any
-
 from ..kernel.io import readable
 from . import protocol
 
@@ -50,7 +50,9 @@ class ChildServer:
                 return
             self.exited(pid, status)
 
-    def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
+    def handle(self, msg: protocol.Message, fds: list[int]) -> None:
+        """Act on one request; a kind this server has no handler for raises
+        ``protocol.ProtocolError`` (``protocol.unexpected``), never dropped."""
         raise NotImplementedError
 
     def exited(self, pid: int, status: int) -> None:

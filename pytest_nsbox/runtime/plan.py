@@ -1,18 +1,19 @@
 """The box's root filesystem as data: an overlay, an init layer, and an ordered mount list.
 
-Like bubblewrap's setup operations, the plan is a list of small steps (mount, bind, mknod,
-symlink) that the box's init runs in order; building it here keeps the init dumb and the
-layout testable without a kernel.
+Like bubblewrap's setup operations, the plan is a list of small steps (``protocol.MountOp``:
+mount, bind, mknod, symlink, ...) that the box's init runs in order; building it here keeps
+the init dumb and the layout testable without a kernel.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 from ..model.image import Image
 from ..model.spec import Bind
 from ..kernel import libc
+from .protocol import (BIND, MASK, MKDIR, MKNOD, MOUNT, READONLY, REMOUNT, SYMLINK, BoxPlan,
+                       Confinement, MountOp)
 
 _NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 
@@ -137,64 +138,65 @@ def write_init_layer(dirs: BoxDirs, hostname: str, hosts: str, binds: list[Bind]
                     pass
 
 
-def mount_ops(binds: list[Bind], privileged: bool = False) -> list[dict[str, Any]]:
-    ops: list[dict[str, Any]] = [
-        {"op": "mount", "source": "proc", "target": "/proc", "fstype": "proc",
-         "flags": _NOSUID_NODEV_NOEXEC},
-        {"op": "mount", "source": "tmpfs", "target": "/dev", "fstype": "tmpfs",
-         "flags": libc.MS_NOSUID | libc.MS_STRICTATIME, "data": "mode=755,size=65536k"},
+def mount_ops(binds: list[Bind], privileged: bool = False) -> list[MountOp]:
+    """The ordered steps that build a box's ``/proc``, ``/dev`` and ``/sys`` and add
+    ``binds`` (parents before children), as bubblewrap's setup op list; unless
+    ``privileged``, ``/dev`` read-only and Docker's masked and read-only paths."""
+    ops: list[MountOp] = [
+        MountOp(MOUNT, "/proc", source="proc", fstype="proc", flags=_NOSUID_NODEV_NOEXEC),
+        MountOp(MOUNT, "/dev", source="tmpfs", fstype="tmpfs",
+                flags=libc.MS_NOSUID | libc.MS_STRICTATIME, data="mode=755,size=65536k"),
     ]
     for name, major, minor in DEVICES:
-        ops.append({"op": "mknod", "path": f"/dev/{name}", "mode": 0o20666,
-                    "major": major, "minor": minor})
-    for name, target in DEV_LINKS:
-        ops.append({"op": "symlink", "path": f"/dev/{name}", "target": target})
+        ops.append(MountOp(MKNOD, f"/dev/{name}", mode=0o20666, major=major, minor=minor))
+    for name, content in DEV_LINKS:
+        ops.append(MountOp(SYMLINK, f"/dev/{name}", source=content))
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o755)):
-        ops.append({"op": "mkdir", "path": f"/dev/{name}", "mode": mode})
+        ops.append(MountOp(MKDIR, f"/dev/{name}", mode=mode))
     ops += [
-        {"op": "mount", "source": "devpts", "target": "/dev/pts", "fstype": "devpts",
-         "flags": libc.MS_NOSUID | libc.MS_NOEXEC,
-         "data": "newinstance,ptmxmode=0666,mode=0620"},
-        {"op": "mount", "source": "shm", "target": "/dev/shm", "fstype": "tmpfs",
-         "flags": _NOSUID_NODEV_NOEXEC, "data": "mode=1777,size=65536k"},
-        {"op": "mount", "source": "mqueue", "target": "/dev/mqueue", "fstype": "mqueue",
-         "flags": _NOSUID_NODEV_NOEXEC},
-        {"op": "mount", "source": "sysfs", "target": "/sys", "fstype": "sysfs",
-         "flags": _NOSUID_NODEV_NOEXEC | (0 if privileged else libc.MS_RDONLY)},
+        MountOp(MOUNT, "/dev/pts", source="devpts", fstype="devpts",
+                flags=libc.MS_NOSUID | libc.MS_NOEXEC, data="newinstance,ptmxmode=0666,mode=0620"),
+        MountOp(MOUNT, "/dev/shm", source="shm", fstype="tmpfs", flags=_NOSUID_NODEV_NOEXEC,
+                data="mode=1777,size=65536k"),
+        MountOp(MOUNT, "/dev/mqueue", source="mqueue", fstype="mqueue",
+                flags=_NOSUID_NODEV_NOEXEC),
+        MountOp(MOUNT, "/sys", source="sysfs", fstype="sysfs",
+                flags=_NOSUID_NODEV_NOEXEC | (0 if privileged else libc.MS_RDONLY)),
     ]
     if not privileged:
         # Device nodes the box makes are inert: the root is nodev and /dev read-only.
-        ops.append({"op": "remount", "target": "/dev", "flags": libc.MS_RDONLY | libc.MS_NOSUID})
-        ops += [{"op": "mask", "target": p} for p in MASKED_PATHS]
-        ops += [{"op": "readonly", "target": p} for p in READONLY_PATHS]
+        ops.append(MountOp(REMOUNT, "/dev", flags=libc.MS_RDONLY | libc.MS_NOSUID))
+        ops += [MountOp(MASK, p, allow_missing=True) for p in MASKED_PATHS]
+        ops += [MountOp(READONLY, p, allow_missing=True) for p in READONLY_PATHS]
     for bind in sorted(binds, key=lambda b: b.target.count("/")):
-        ops.append({"op": "bind", "source": bind.source, "target": bind.target,
-                    "readonly": bind.readonly})
+        ops.append(MountOp(BIND, bind.target, source=bind.source,
+                           flags=libc.MS_RDONLY if bind.readonly else 0))
     return ops
 
 
 def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds: list[Bind],
                cgroup_procs: list[str], network: str, privileged: bool = False,
-               caps: list[int] | None = None, seccomp: bool = True) -> dict[str, Any]:
-    """Everything the box's init needs, as plain data.
+               caps: list[int] | None = None, seccomp: bool = True) -> BoxPlan:
+    """Everything the box's init needs (``protocol.BoxPlan``).
 
     ``caps`` are the capabilities its commands keep (None: all, for ``privileged``);
-    ``seccomp`` installs the default filter before each command's exec.
+    ``seccomp`` installs the default filter before each command's exec. Raises
+    ``ValueError`` for a layer path overlayfs cannot take (``overlay_options``).
     """
     namespaces = ["mnt", "uts", "ipc", "cgroup"]
     if network != "host":
         namespaces.append("net")
     layers = [*image.layer_dirs, dirs.init]
-    return {
-        "id": box_id,
-        "hostname": hostname,
-        "namespaces": namespaces,
-        "cgroup_procs": cgroup_procs,
-        "root": dirs.root,
-        "overlay": overlay_options(layers, dirs.upper, dirs.work),
-        "overlay_flags": 0 if privileged else libc.MS_NODEV,
-        "ops": mount_ops(binds, privileged),
-        "trace_ops": bool(os.environ.get("NSBOX_TRACE_OPS")),
-        "confine": {"caps": caps, "seccomp": seccomp and not privileged,
-                    "no_new_privs": not privileged},
-    }
+    return BoxPlan(
+        box_id=box_id,
+        hostname=hostname,
+        namespaces=tuple(namespaces),
+        cgroup_procs=tuple(cgroup_procs),
+        root=dirs.root,
+        overlay=overlay_options(layers, dirs.upper, dirs.work),
+        overlay_flags=0 if privileged else libc.MS_NODEV,
+        ops=tuple(mount_ops(binds, privileged)),
+        trace_ops=bool(os.environ.get("NSBOX_TRACE_OPS")),
+        confine=Confinement(caps=None if caps is None else tuple(caps),
+                            seccomp=seccomp and not privileged, no_new_privs=not privileged),
+    )

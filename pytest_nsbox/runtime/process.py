@@ -1,7 +1,7 @@
 """A command running in a box, seen from the owner: pipes in, pipes out, a status socket.
 
-The box's init forks the command and reports on the status socket: first ``{"pid": N}``
-(or ``{"exec_error": ...}``), then ``{"exit": wait_status}``. Output is read with one
+The box's init forks the command and reports on the status socket (``protocol`` messages):
+first ``Started`` (or ``ExecFailed``), then ``Exited`` with the wait status. Output is read with one
 selector loop, in the caller's thread for ``run()`` and in a thread for ``spawn()``.
 
 The loop is a ``PollSelector``: poll(2) has no FD_SETSIZE limit (``select()`` fails once a
@@ -38,14 +38,14 @@ STDERR_EXEC_PREFIX = "nsbox: "
 class Process:
     """A background (or foreground) command in a box; ``wait()`` gives its ``RunResult``."""
 
-    def __init__(self, box: Box, args: list[str] | str, request: dict[str, Any],
+    def __init__(self, box: Box, args: list[str] | str, request: protocol.Exec,
                  input: bytes | None, *, oom: Callable[[], int],
                  record: Callable[[Process, RunResult], None]) -> None:
         """``oom`` reads the box cgroup's OOM-kill counter; ``record`` gets the result once."""
         self.box = box
         self.args = args
         self.pid: int | None = None
-        self._request = request
+        self._request: protocol.Exec | None = request
         self._input = input
         self._oom = oom
         self._record = record
@@ -69,6 +69,8 @@ class Process:
         self._status_sock, theirs = protocol.socketpair()
         self._oom_before = self._oom_count()
         self._started = time.monotonic()
+        if self._request is None:
+            raise BoxError(f"command {self.args!r}: a Process starts once")
         try:
             protocol.send(ctl, self._request, [stdin_r, stdout_w, stderr_w, theirs.fileno()])
         except OSError as exc:
@@ -112,23 +114,27 @@ class Process:
             self._status_sock.settimeout(None)
         self._handle_status(msg)
 
-    def _handle_status(self, msg: dict[str, Any] | None) -> None:
+    def _handle_status(self, msg: protocol.Message | None) -> None:
+        """One message from the status socket (None: it closed). A kind the status socket
+        never carries raises ``ProtocolError``."""
         if msg is None:
             if self._status is None:
                 self._status = -1
                 if self._exec_error is None:
                     self._exec_error = "the box ended before the command reported an exit status"
             self._unregister(self._status_sock)
-        elif "pid" in msg:
-            self.pid = int(msg["pid"])
-        elif "exec_error" in msg:
-            self._exec_error = str(msg["exec_error"])
-            self._exec_errno = int(msg.get("errno", 0))
-        elif "exit" in msg:
+        elif isinstance(msg, protocol.Started):
+            self.pid = msg.pid
+        elif isinstance(msg, protocol.ExecFailed):
+            self._exec_error = msg.error
+            self._exec_errno = msg.errno
+        elif isinstance(msg, protocol.Exited):
             # The command's lifetime ends here: OOM kills later belong to later commands.
             self._oom_after = self._oom_count()
-            self._status = int(msg["exit"])
+            self._status = msg.status
             self._unregister(self._status_sock)
+        else:
+            raise protocol.unexpected(msg, f"command {self.args!r} in box {self.box.name!r}")
 
     def _unregister(self, obj: Any) -> None:
         try:
@@ -218,7 +224,7 @@ class Process:
                                    f"within {KILL_GRACE:.0f} s of SIGKILL")
             self._result = self._make_result()
             # Keep the result only: output chunks, input and the pump thread are let go.
-            self._out, self._err, self._thread, self._request = [], [], None, {}
+            self._out, self._err, self._thread, self._request = [], [], None, None
             self._input, self._input_view = None, memoryview(b"")
             self._record(self, self._result)
             return self._result

@@ -28,7 +28,6 @@ import signal
 import socket
 import sys
 import time
-from typing import Any
 
 from ..kernel import libc
 from . import init, protocol
@@ -84,29 +83,30 @@ class Zygote(ChildServer):
             self.spare.sock.close()
             self.spare = None
 
-    def handle(self, msg: dict[str, Any], fds: list[int]) -> None:
-        if msg.get("op") != "create" or len(fds) != 1:
+    def handle(self, msg: protocol.Message, fds: list[int]) -> None:
+        """``CreateBox``: hand its plan and fd to the spare, answer ``BoxCreated`` with a
+        pidfd (or ``CreateFailed``). Any other message is a ``ProtocolError``."""
+        if not isinstance(msg, protocol.CreateBox):
             for fd in fds:
                 os.close(fd)
-            protocol.send(self.ctl, {"error": f"bad request {msg.get('op')!r}"})
-            return
+            raise protocol.unexpected(msg, "the nsbox zygote")
         box_fd = fds[0]
         try:
             spare = self.spare or self.fork_spare()
             self.spare = None
             pidfd = os.pidfd_open(spare.pid)
             try:
-                protocol.send(spare.sock, {"plan": msg["plan"]}, [box_fd])
+                protocol.send(spare.sock, msg, [box_fd])
             finally:
                 spare.sock.close()
         except OSError as exc:
-            protocol.send(self.ctl, {"error": f"cannot start box: {exc}"})
+            protocol.send(self.ctl, protocol.CreateFailed(error=f"cannot start box: {exc}"))
             return
         finally:
             os.close(box_fd)
         self.boxes.add(spare.pid)
         try:
-            protocol.send(self.ctl, {"pid": _outer_pid(pidfd, spare.pid)}, [pidfd])
+            protocol.send(self.ctl, protocol.BoxCreated(pid=_outer_pid(pidfd, spare.pid)), [pidfd])
         finally:
             os.close(pidfd)
         self.spare = self.fork_spare()  # after the reply: off the request's critical path
@@ -141,9 +141,9 @@ class Zygote(ChildServer):
             sock.close()
         except BaseException:
             os._exit(1)
-        if msg is None or len(fds) != 1:
+        if not isinstance(msg, protocol.CreateBox):  # EOF: the zygote is gone
             os._exit(0)
-        init.boot(msg["plan"], fds[0])
+        init.boot(msg.plan, fds[0])
 
 
 def _outer_pid(pidfd: int, pid: int) -> int:

@@ -17,6 +17,7 @@ import pytest
 import pytest_nsbox
 from pytest_nsbox.model.image import Image
 from pytest_nsbox.runtime import plan
+from pytest_nsbox.runtime.protocol import MountOp
 from pytest_nsbox.runtime.plan import (
     DEVICES,
     BoxDirs,
@@ -45,8 +46,8 @@ def run_in_mount_ns(script: str, *args: str) -> subprocess.CompletedProcess[str]
         env={**os.environ, "PYTHONPATH": REPO})
 
 
-def op_index(ops: list[dict[str, Any]], **match: Any) -> int:
-    hits = [i for i, op in enumerate(ops) if all(op.get(k) == v for k, v in match.items())]
+def op_index(ops: list[MountOp], **match: Any) -> int:
+    hits = [i for i, op in enumerate(ops) if all(getattr(op, k) == v for k, v in match.items())]
     assert len(hits) == 1, f"expected exactly one op matching {match}, got {hits}"
     return hits[0]
 
@@ -273,19 +274,19 @@ def test_box_dirs_layout() -> None:
 
 def test_mount_ops_start_with_proc() -> None:
     ops = mount_ops([])
-    assert ops[0]["op"] == "mount"
-    assert (ops[0]["target"], ops[0]["fstype"]) == ("/proc", "proc")
-    assert ops[0]["flags"] & libc.MS_NOSUID and ops[0]["flags"] & libc.MS_NOEXEC
+    assert ops[0].kind == "mount"
+    assert (ops[0].dest, ops[0].fstype) == ("/proc", "proc")
+    assert ops[0].flags & libc.MS_NOSUID and ops[0].flags & libc.MS_NOEXEC
 
 
 def test_mount_ops_dev_tmpfs_comes_before_device_nodes() -> None:
     ops = mount_ops([])
-    dev = op_index(ops, op="mount", target="/dev")
-    assert ops[dev]["fstype"] == "tmpfs"
-    mknods = [i for i, op in enumerate(ops) if op["op"] == "mknod"]
-    assert sorted(ops[i]["path"] for i in mknods) == sorted(f"/dev/{n}" for n, _, _ in DEVICES)
+    dev = op_index(ops, kind="mount", dest="/dev")
+    assert ops[dev].fstype == "tmpfs"
+    mknods = [i for i, op in enumerate(ops) if op.kind == "mknod"]
+    assert sorted(ops[i].dest for i in mknods) == sorted(f"/dev/{n}" for n, _, _ in DEVICES)
     assert all(i > dev for i in mknods)
-    symlinks = [i for i, op in enumerate(ops) if op["op"] == "symlink"]
+    symlinks = [i for i, op in enumerate(ops) if op.kind == "symlink"]
     assert symlinks and all(i > dev for i in symlinks)
 
 
@@ -295,38 +296,38 @@ def test_mount_ops_dev_tmpfs_comes_before_device_nodes() -> None:
 def test_mount_ops_device_nodes_are_the_oci_char_devices(name: str, major: int,
                                                          minor: int) -> None:
     ops = mount_ops([])
-    op = ops[op_index(ops, op="mknod", path=f"/dev/{name}")]
-    assert (op["major"], op["minor"]) == (major, minor)
-    assert op["mode"] == 0o20666  # S_IFCHR | rw-rw-rw-
+    op = ops[op_index(ops, kind="mknod", dest=f"/dev/{name}")]
+    assert (op.major, op.minor) == (major, minor)
+    assert op.mode == 0o20666  # S_IFCHR | rw-rw-rw-
 
 
 def test_mount_ops_devpts_after_its_mountpoint() -> None:
     ops = mount_ops([])
-    mkdir = op_index(ops, op="mkdir", path="/dev/pts")
-    devpts = op_index(ops, op="mount", target="/dev/pts")
-    assert op_index(ops, op="mount", target="/dev") < mkdir < devpts
-    assert ops[devpts]["fstype"] == "devpts"
-    assert "newinstance" in ops[devpts]["data"].split(",")
-    ptmx = ops[op_index(ops, op="symlink", path="/dev/ptmx")]
-    assert ptmx["target"] == "pts/ptmx"
+    mkdir = op_index(ops, kind="mkdir", dest="/dev/pts")
+    devpts = op_index(ops, kind="mount", dest="/dev/pts")
+    assert op_index(ops, kind="mount", dest="/dev") < mkdir < devpts
+    assert ops[devpts].fstype == "devpts"
+    assert "newinstance" in str(ops[devpts].data).split(",")
+    ptmx = ops[op_index(ops, kind="symlink", dest="/dev/ptmx")]
+    assert ptmx.source == "pts/ptmx"  # a symlink's content
 
 
 @pytest.mark.parametrize("target", ["/dev/shm", "/dev/mqueue"])
 def test_mount_ops_dev_submounts_after_their_mkdir(target: str) -> None:
     ops = mount_ops([])
-    assert op_index(ops, op="mkdir", path=target) < op_index(ops, op="mount", target=target)
+    assert op_index(ops, kind="mkdir", dest=target) < op_index(ops, kind="mount", dest=target)
 
 
 def test_mount_ops_sysfs_is_read_only() -> None:
     ops = mount_ops([])
-    sys_op = ops[op_index(ops, op="mount", target="/sys")]
-    assert sys_op["fstype"] == "sysfs"
-    assert sys_op["flags"] & libc.MS_RDONLY
+    sys_op = ops[op_index(ops, kind="mount", dest="/sys")]
+    assert sys_op.fstype == "sysfs"
+    assert sys_op.flags & libc.MS_RDONLY
 
 
 def test_mount_ops_only_sysfs_is_read_only() -> None:
-    read_only = [op["target"] for op in mount_ops([])
-                 if op["op"] == "mount" and op["flags"] & libc.MS_RDONLY]
+    read_only = [op.dest for op in mount_ops([])
+                 if op.kind == "mount" and op.flags & libc.MS_RDONLY]
     assert read_only == ["/sys"]
 
 
@@ -334,18 +335,18 @@ def test_mount_ops_binds_come_last_parents_first_with_readonly_kept() -> None:
     binds = [Bind("/h/c", "/a/b/c", readonly=False), Bind("/h/x", "/x", readonly=True),
              Bind("/h/a", "/a", readonly=False), Bind("/h/ab", "/a/b", readonly=True)]
     ops = mount_ops(binds)
-    bind_ops = [op for op in ops if op["op"] == "bind"]
-    assert [op["op"] for op in ops[-4:]] == ["bind"] * 4
-    targets = [op["target"] for op in bind_ops]
+    bind_ops = [op for op in ops if op.kind == "bind"]
+    assert [op.kind for op in ops[-4:]] == ["bind"] * 4
+    targets = [op.dest for op in bind_ops]
     for parent, child in (("/a", "/a/b"), ("/a/b", "/a/b/c")):
         assert targets.index(parent) < targets.index(child)
-    assert {op["target"]: (op["source"], op["readonly"]) for op in bind_ops} == {
+    assert {op.dest: (op.source, bool(op.flags & libc.MS_RDONLY)) for op in bind_ops} == {
         "/a/b/c": ("/h/c", False), "/x": ("/h/x", True), "/a": ("/h/a", False),
         "/a/b": ("/h/ab", True)}
 
 
 def test_mount_ops_without_binds_has_no_bind_op() -> None:
-    assert [op for op in mount_ops([]) if op["op"] == "bind"] == []
+    assert [op for op in mount_ops([]) if op.kind == "bind"] == []
 
 
 def test_mount_ops_does_not_reorder_its_argument() -> None:
@@ -367,8 +368,8 @@ def test_build_plan_network_namespace(tmp_path: Path, network: str, has_net: boo
     plan = build_plan(box_id="b1", hostname="h", image=make_image(tmp_path),
                       dirs=BoxDirs(str(tmp_path / "box")), binds=[], cgroup_procs=[],
                       network=network)
-    assert ("net" in plan["namespaces"]) is has_net
-    assert {"mnt", "uts", "ipc", "cgroup"} <= set(plan["namespaces"])
+    assert ("net" in plan.namespaces) is has_net
+    assert {"mnt", "uts", "ipc", "cgroup"} <= set(plan.namespaces)
 
 
 def test_build_plan_stacks_the_init_layer_over_the_image(tmp_path: Path) -> None:
@@ -377,12 +378,12 @@ def test_build_plan_stacks_the_init_layer_over_the_image(tmp_path: Path) -> None
     plan = build_plan(box_id="b1", hostname="h", image=make_image(tmp_path), dirs=dirs,
                       binds=binds, cgroup_procs=["/sys/fs/cgroup/nsbox/b1/cgroup.procs"],
                       network="none")
-    assert plan["overlay"] == (f"lowerdir={dirs.init}:{tmp_path}/l2:{tmp_path}/l1,"
+    assert plan.overlay == (f"lowerdir={dirs.init}:{tmp_path}/l2:{tmp_path}/l1,"
                                f"upperdir={dirs.upper},workdir={dirs.work}")
-    assert plan["root"] == dirs.root
-    assert (plan["id"], plan["hostname"]) == ("b1", "h")
-    assert plan["cgroup_procs"] == ["/sys/fs/cgroup/nsbox/b1/cgroup.procs"]
-    assert plan["ops"] == mount_ops(binds)
+    assert plan.root == dirs.root
+    assert (plan.box_id, plan.hostname) == ("b1", "h")
+    assert plan.cgroup_procs == ("/sys/fs/cgroup/nsbox/b1/cgroup.procs",)
+    assert plan.ops == tuple(mount_ops(binds))
 
 
 def test_build_plan_refuses_an_unmountable_layer_path(tmp_path: Path) -> None:
