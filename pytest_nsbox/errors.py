@@ -5,6 +5,7 @@ Callers catch ``NsboxError``; the plugin maps ``HostNotSupported`` to a skip and
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -52,6 +53,28 @@ class BoxError(NsboxError):
 
 class BoxClosed(BoxError):
     """The box was used after ``close()`` or after its init died."""
+
+
+class NestedBoxError(BoxError):
+    """A box was asked for where none can be made: inside an isolated test's own box."""
+
+
+class TeardownError(BoxError, ExceptionGroup):
+    """Undoing what a box, a network, a pool or a test's boxes acquired failed in one or
+    more steps (``lifecycle.Undo.close``). An ``ExceptionGroup``: ``exceptions`` holds every
+    failure (nested groups for a part with its own teardown), and the steps after a
+    failing one still ran, so what was not named here was released. ``str()`` is one line
+    naming what was torn down and each failure."""
+
+    def __new__(cls, message: str, exceptions: Sequence[Exception]) -> TeardownError:
+        return super().__new__(cls, message, exceptions)
+
+    def __str__(self) -> str:
+        return f"{self.message}: " + "; ".join(str(e) for e in self.exceptions)
+
+    def derive(self, excs: Sequence[Exception]) -> TeardownError:  # type: ignore[override]
+        """``split``/``subgroup`` (and ``except*``) keep the class (PEP 654)."""
+        return TeardownError(self.message, excs)
 
 
 class CgroupError(NsboxError):

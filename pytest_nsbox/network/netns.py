@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import select
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeVar
@@ -24,7 +23,7 @@ from ..kernel import libc
 from .errors import NetworkError
 
 if TYPE_CHECKING:
-    from ..runtime.box import Box
+    from .handle import BoxHandle
 
 T = TypeVar("T")
 
@@ -130,27 +129,18 @@ def list_named(prefix: str = "nsbox") -> list[str]:
         return []
 
 
-def alive(box: Box) -> bool:
-    """The box is open and its init still runs (its pidfd is not readable yet)."""
-    if box.closed or box._pidfd < 0:
-        return False
-    poller = select.poll()
-    poller.register(box._pidfd, select.POLLIN)
-    return not poller.poll(0)
-
-
-def open_box_netns(box: Box) -> int:
+def open_box_netns(box: BoxHandle) -> int:
     """An fd to the box's network namespace, checked to belong to the box (not a reused PID)."""
     from ..errors import BoxClosed
 
-    if not alive(box):
+    if not box.alive():
         raise BoxClosed(f"box {box.name!r} is closed")
     try:
         fd = os.open(f"/proc/{box.pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     except OSError as exc:
         raise BoxClosed(f"box {box.name!r}: its init (pid {box.pid}) is gone: "
                         f"{exc.strerror}") from None
-    if not alive(box):  # the PID could have been reused between the check and the open
+    if not box.alive():  # the PID could have been reused between the check and the open
         os.close(fd)
         raise BoxClosed(f"box {box.name!r}: its init has exited")
     return fd

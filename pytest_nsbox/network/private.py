@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
 
-from ..errors import BoxClosed
+from ..errors import BoxClosed, TeardownError
+from ..lifecycle import Undo
 from ..model.spec import SHAPING_KEYS
 from . import links, netns, shaping
 from .errors import NetworkError
 from .leases import Lease, Leases
 
 if TYPE_CHECKING:
-    from ..runtime.box import Box
-    from ..runtime.engine import Host
+    from .handle import BoxHandle
 
 LOCALHOST_LINES = ("127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback")
 GATEWAY_HOST = 1
@@ -51,20 +51,28 @@ def hosts_text(entries: list[tuple[str, list[str]]]) -> str:
 
 @dataclass
 class Member:
-    box: Box
+    box: BoxHandle
     ip: str
     veth: str
+    #: What joining did, undone when the box leaves (``leave``).
+    undo: Undo
 
 
 class Network:
-    """One group's switch namespace, bridge, lease and member boxes."""
+    """One group's switch namespace, bridge, lease and member boxes.
+
+    Its own undo stack holds the switch namespace (with the lease, released only once the
+    namespace is gone: a lease names what is left for ``gc``) and the fd to it; each
+    member's holds its veth pair and its line in the others' ``/etc/hosts``.
+    """
 
     def __init__(self, key: tuple[str, object], leases: Leases, lease: Lease,
-                 ns_fd: int) -> None:
+                 ns_fd: int, undo: Undo) -> None:
         self.key = key
         self.leases = leases
         self.lease = lease
         self.ns_fd = ns_fd
+        self.undo = undo
         self.members: dict[str, Member] = {}
         self.next_host = FIRST_BOX_HOST
         self.destroyed = False
@@ -78,30 +86,32 @@ class Network:
         return self.lease.address(GATEWAY_HOST)
 
     @classmethod
-    def create(cls, host: Host, group: object) -> Network:
+    def create(cls, box: BoxHandle) -> Network:
+        """Lease a subnet and build the switch for ``box``'s group; on failure what was
+        made is removed (the lease stays if its namespace could not be)."""
         name = f"nsbox-net-{secrets.token_hex(5)}"
-        leases = Leases(host.dirs.run)
-        lease = leases.acquire(netns_name=name, owner_lock=host.owner_lock(),
-                               group="(default)" if group is None else str(group))
-        fd = -1
+        leases = Leases(box.run_dir)
+        lease = leases.acquire(netns_name=name, owner_lock=box.owner_lock(),
+                               group="(default)" if box.group is None else str(box.group))
+        undo = Undo(f"private network {name}", closed_error=NetworkError)
+        undo.callback(_remove_switch, name, leases, lease)
         try:
             fd = netns.create_named(name)
+            undo.callback(os.close, fd)
             netns.run_in(fd, partial(links.setup_switch, lease.address(GATEWAY_HOST),
                                      lease.network.prefixlen),
                          f"setting up switch namespace {name}")
-        except BaseException:
-            if fd >= 0:
-                os.close(fd)
+        except BaseException as exc:
             try:
-                netns.remove_named(name)
-                leases.release(lease)
-            except NetworkError:
-                pass  # the lease stays and names what is left, for gc; the first error wins
+                undo.close()
+            except TeardownError as failed:  # the first error is the one to raise
+                exc.add_note(str(failed))
             raise
-        return cls((host.dirs.run, group), leases, lease, fd)
+        return cls((box.run_dir, box.group), leases, lease, fd, undo)
 
-    def join(self, box: Box) -> None:
-        """Plug ``box`` in: veth, address, route, shaping; then every ``/etc/hosts``."""
+    def join(self, box: BoxHandle) -> None:
+        """Plug ``box`` in: veth, address, route, shaping; then every ``/etc/hosts``.
+        ``leave(box)`` undoes it, also after a join that failed half-way."""
         # Plans first: a rate tbf cannot do fails before anything exists.
         try:
             box_plan = shaping.box_side(box.spec)
@@ -115,8 +125,13 @@ class Network:
                                f"({self.next_host - FIRST_BOX_HOST} boxes)")
         ip = self.lease.address(self.next_host)
         self.next_host += 1
-        member = Member(box, ip, links.check_ifname(f"nsb{box.id[:12]}"))
+        member = Member(box, ip, links.check_ifname(f"nsb{box.id[:12]}"),
+                        Undo(f"box {box.name!r} on private network {self.name}",
+                             closed_error=NetworkError))
         self.members[box.id] = member
+        member.undo.callback(self._forget, member)
+        # Before plugging: a half-made veth pair goes too (deleting none is no error).
+        member.undo.callback(self._unplug, member)
         box_fd = netns.open_box_netns(box)
         try:
             netns.run_in(self.ns_fd, partial(links.add_port, member.veth, box_fd,
@@ -127,10 +142,10 @@ class Network:
                          f"box {box.name!r}: configuring {links.BOX_IFNAME}")
         finally:
             os.close(box_fd)
-        box.ip = ip
+        box.set_ip(ip)
         self.write_hosts(joining=box)
 
-    def write_hosts(self, joining: Box | None = None) -> None:
+    def write_hosts(self, joining: BoxHandle | None = None) -> None:
         """Every member's ``/etc/hosts`` lists the whole group (only the joining box's
         failure is an error: another box may have replaced its own file)."""
         text = hosts_text([(m.ip, [m.box.name, m.box.hostname])
@@ -143,43 +158,51 @@ class Network:
                     raise NetworkError(f"box {member.box.name!r}: cannot write its "
                                        f"/etc/hosts: {exc}") from None
 
-    def leave(self, box: Box) -> None:
+    def _unplug(self, member: Member) -> None:
+        # The last box's veth goes with the switch namespace (and deleting a veth costs
+        # ~30 ms of netlink), so only a box that leaves others behind unplugs.
+        if any(m is not member for m in self.members.values()):
+            netns.run_in(self.ns_fd, partial(links.remove_port, member.veth),
+                         f"box {member.box.name!r}: unplugging {member.veth} from switch "
+                         f"{self.name}")
+
+    def _forget(self, member: Member) -> None:
+        if self.members.pop(member.box.id, None) is not None and self.members:
+            self.write_hosts()
+
+    def leave(self, box: BoxHandle) -> None:
         """Unplug ``box`` (also after a join that failed half-way); the last one out
-        removes the switch and releases the lease."""
-        errors: list[Exception] = []
-        member = self.members.pop(box.id, None)
-        # The last box's veth goes with the switch namespace below (and deleting a veth
-        # costs ~30 ms of netlink), so only a box that leaves others behind unplugs.
-        if member is not None and self.members:
-            try:
-                netns.run_in(self.ns_fd, partial(links.remove_port, member.veth),
-                             f"box {box.name!r}: unplugging {member.veth} from switch "
-                             f"{self.name}")
-            except NetworkError as exc:
-                errors.append(exc)
-        if self.members:
-            if member is not None:
-                self.write_hosts()
-        elif not self.destroyed:
-            try:
-                self.destroy()
-            except NetworkError as exc:
-                errors.append(exc)
-        if errors:
-            raise errors[0]
+        removes the switch and releases the lease. ``TeardownError`` with every failure."""
+        steps = Undo(f"box {box.name!r} leaving private network {self.name}",
+                     closed_error=NetworkError)
+        steps.callback(self._destroy_if_empty)
+        member = self.members.get(box.id)
+        if member is not None:
+            steps.callback(member.undo.close)
+        steps.close()
+
+    def _destroy_if_empty(self) -> None:
+        if not self.members and not self.destroyed:
+            self.destroy()
 
     def destroy(self) -> None:
+        """Remove the switch namespace (bridge and veths die with it), then the lease."""
         self.destroyed = True
         _networks.pop(self.key, None)
-        if self.ns_fd >= 0:
-            os.close(self.ns_fd)
+        try:
+            self.undo.close()
+        finally:
             self.ns_fd = -1
-        netns.remove_named(self.name)  # if this fails the lease stays: it names what is left
-        self.leases.release(self.lease)
 
 
-def attach(box: Box) -> None:
-    """Give a just-started box its network (``Box._attach_network``)."""
+def _remove_switch(name: str, leases: Leases, lease: Lease) -> None:
+    netns.remove_named(name)  # if this fails the lease stays: it names what is left
+    leases.release(lease)
+
+
+def attach(box: BoxHandle) -> None:
+    """Give a just-started box its network (``Box._attach_network``); its undo goes on
+    the box's undo stack (``box.on_close``)."""
     spec = box.spec
     if spec.network == "host":
         return
@@ -192,17 +215,17 @@ def attach(box: Box) -> None:
                 f"network, and network={spec.network!r} has none; use network='private'")
         return
     with _lock:
-        key = (box._host.dirs.run, box.group)
+        key = (box.run_dir, box.group)
         net = _networks.get(key)
         if net is None:
-            net = Network.create(box._host, box.group)
+            net = Network.create(box)
             _networks[key] = net
         # Registered before joining: leave() undoes a half-done join too.
-        box._cleanups.append(partial(_leave, net, box))
+        box.on_close(partial(_leave, net, box))
         net.join(box)
 
 
-def _leave(net: Network, box: Box) -> None:
+def _leave(net: Network, box: BoxHandle) -> None:
     with _lock:
         net.leave(box)
 

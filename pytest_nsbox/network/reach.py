@@ -22,7 +22,7 @@ from . import netns
 from .errors import PortRefused, PortTimeout
 
 if TYPE_CHECKING:
-    from ..runtime.box import Box
+    from .handle import BoxHandle
 
 #: Polls start this often and back off, doubling, to at most BACKOFF_MAX.
 BACKOFF_START = 0.005
@@ -49,14 +49,14 @@ def check_timeout(timeout: object, source: str) -> float:
     return float(timeout)
 
 
-def _targets(box: Box) -> list[tuple[socket.AddressFamily, str]]:
+def _targets(box: BoxHandle) -> list[tuple[socket.AddressFamily, str]]:
     targets = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
     if box.ip:
         targets.append((socket.AF_INET, box.ip))
     return targets
 
 
-def _attempt(box: Box, port: int, limit: float) -> tuple[socket.socket | None, OSError | None]:
+def _attempt(box: BoxHandle, port: int, limit: float) -> tuple[socket.socket | None, OSError | None]:
     """One connect to each of the box's addresses; the first socket that connects."""
     last: OSError | None = None
     for family, host in _targets(box):
@@ -83,7 +83,7 @@ def _why(exc: OSError | None) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def connect(box: Box, port: int, timeout: float | None = None) -> socket.socket:
+def connect(box: BoxHandle, port: int, timeout: float | None = None) -> socket.socket:
     """A TCP socket connected to ``port`` in the box's network namespace.
 
     Without ``timeout``: one try, ``PortRefused`` if nothing listens. With one: retried
@@ -108,7 +108,7 @@ def connect(box: Box, port: int, timeout: float | None = None) -> socket.socket:
             if left <= 0:
                 raise PortTimeout(f"box {box.name!r}: nothing accepted TCP connections on "
                                   f"port {port} within {limit:g} s ({_why(last)})")
-            if not netns.alive(box):
+            if not box.alive():
                 raise BoxClosed(f"box {box.name!r} closed while connecting to port {port}")
             time.sleep(min(delay, left))
             delay = min(delay * 2, BACKOFF_MAX)
@@ -133,7 +133,7 @@ def parse_listening(table: str) -> set[int]:
     return ports
 
 
-def listening(box: Box) -> set[int]:
+def listening(box: BoxHandle) -> set[int]:
     """The TCP ports something listens on in the box's network namespace."""
     try:
         dfd = os.open(f"/proc/{box.pid}/net", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -141,7 +141,7 @@ def listening(box: Box) -> set[int]:
         raise BoxClosed(f"box {box.name!r}: its init (pid {box.pid}) is gone: "
                         f"{exc.strerror}") from None
     try:
-        if not netns.alive(box):  # the PID may have been reused by now
+        if not box.alive():  # the PID may have been reused by now
             raise BoxClosed(f"box {box.name!r} is closed")
         ports: set[int] = set()
         for name in ("tcp", "tcp6"):
@@ -156,7 +156,7 @@ def listening(box: Box) -> set[int]:
         os.close(dfd)
 
 
-def wait_for_port(box: Box, port: int, timeout: float) -> None:
+def wait_for_port(box: BoxHandle, port: int, timeout: float) -> None:
     """Return once something listens on TCP ``port`` in the box; ``PortTimeout`` after
     ``timeout`` seconds. Polls (backing off from 5 ms to 200 ms); never connects."""
     port = check_port(port, "wait_for_port")
@@ -164,7 +164,7 @@ def wait_for_port(box: Box, port: int, timeout: float) -> None:
     deadline = time.monotonic() + limit
     delay = BACKOFF_START
     while True:
-        if not netns.alive(box):
+        if not box.alive():
             raise BoxClosed(f"box {box.name!r} is closed (waiting for port {port})")
         if port in listening(box):
             return
@@ -179,7 +179,7 @@ def wait_for_port(box: Box, port: int, timeout: float) -> None:
 class Forward:
     """A listening socket on the host's 127.0.0.1 relaying every connection to the box."""
 
-    def __init__(self, box: Box, port: int) -> None:
+    def __init__(self, box: BoxHandle, port: int) -> None:
         self.box = box
         self.port = port
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -290,11 +290,11 @@ def _pump(src: socket.socket, dst: socket.socket) -> None:
         _shutdown(dst)
 
 
-def forward(box: Box, port: int) -> tuple[str, int]:
+def forward(box: BoxHandle, port: int) -> tuple[str, int]:
     """Expose the box's ``port`` on the host's 127.0.0.1; closed with the box."""
     port = check_port(port, "forward")
-    if not netns.alive(box):
+    if not box.alive():
         raise BoxClosed(f"box {box.name!r} is closed")
     fwd = Forward(box, port)
-    box._cleanups.append(fwd.close)
+    box.on_close(fwd.close)  # closed with the box (at once if it closed meanwhile)
     return fwd.address

@@ -21,7 +21,8 @@ from typing import Any
 
 from ..kernel.io import readable
 from ..cgroups.base import Limits, Stats
-from ..errors import BoxClosed, BoxError, CommandFailed, SpecError
+from ..errors import BoxClosed, BoxError, CommandFailed, SpecError, TeardownError
+from ..lifecycle import Undo
 from ..model.image import Image
 from ..overlay import diff as overlay_diff
 from .plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
@@ -88,27 +89,34 @@ class Box:
         self._pidfd = -1
         self._cgroup: Any = None
         self.group = group
-        # Undo steps that belong to optional features (network attachment, forwards), run
-        # last-in first-out before the box's processes are killed.
-        self._cleanups: list[Callable[[], None]] = []
+        # Every acquisition of _start pushes its undo here; close() unwinds it.
+        self._undo = Undo(f"box {self.name!r}", closed_error=BoxClosed)
+        self._keep = False  # close(keep=True): the undo of the box's dirs keeps them
         self.dirs = BoxDirs(os.path.join(host.dirs.boxes, self.id))
+        self._handle = _NetworkHandle(self)
         try:
             self.image: Image = host.store.get(spec.image)
             self._start()
-        except BaseException:
-            self._teardown(keep=False)
+        except BaseException as exc:
+            self._closed = True
+            try:
+                self._undo.close()
+            except TeardownError as failed:  # the start's error is the one to raise
+                exc.add_note(str(failed))
             raise
 
     def _start(self) -> None:
         host = self._host
         os.makedirs(host.dirs.boxes, 0o700, exist_ok=True)
         os.mkdir(self.dirs.base, 0o700)
+        self._undo.callback(self._release_dirs)
         for d in (self.dirs.upper, self.dirs.work, self.dirs.root):
             os.mkdir(d, 0o755)
         binds = (host_binds(host.rootdir) if self.image.host_root else []) + list(self.spec.binds)
         write_init_layer(self.dirs, self.hostname, hosts_file(self.hostname), binds)
         limits = Limits(memory=self.spec.memory, cpus=self.spec.cpus, pids=self.spec.pids)
         self._cgroup = host.cgroups.create(f"nsbox-{self.id}", limits)
+        self._undo.callback(self._cgroup.destroy, timeout=KILL_TIMEOUT)
         spec = self.spec
         keep = None if spec.privileged else caps.resolve(spec.cap_add, spec.cap_drop, False)
         plan = build_plan(box_id=self.id, hostname=self.hostname, image=self.image,
@@ -117,11 +125,16 @@ class Box:
                           seccomp=spec.seccomp)
         ours, theirs = protocol.socketpair()
         self._ctl = ours
+        self._undo.callback(ours.close)
+        # Commands still running lose their box; the box lets go of them.
+        self._undo.callback(self._detach_processes)
         requested = time.monotonic()
         try:
             self.pid, self._pidfd = zygote().create(plan, theirs)
         finally:
             theirs.close()
+        self._undo.callback(self._kill_init)
+        self._undo.callback(self._read_final_stats)  # before the kill: what it used
         if not readable([ours.fileno()], START_TIMEOUT):
             raise BoxError(f"box {self.name!r} did not come up within {START_TIMEOUT:.0f} s")
         msg, _fds = protocol.recv(ours)
@@ -133,13 +146,15 @@ class Box:
             why = msg.error if msg else "its init died during setup"
             raise BoxError(f"box {self.name!r} (image {self.spec.image!r}) failed to start: {why}")
         self._write_owner()
+        self._undo.callback(self._retire_record)
         self._attach_network()
 
     def _attach_network(self) -> None:
-        """Join the group's private network; ``none`` and ``host`` need nothing more."""
+        """Join the group's private network (its undo goes on the box's stack through the
+        handle); ``none`` and ``host`` need nothing more."""
         from ..network import attach
 
-        attach(self)
+        attach(self._handle)
 
     def _write_owner(self, kept: dict[str, Any] | None = None) -> None:
         """The box record (``records.py``): who owns this box, for ``gc`` after a crash, and
@@ -153,70 +168,75 @@ class Box:
             env=self._env(None), workdir=self.image.workdir, kept=kept))
 
     def close(self, keep: bool = False) -> None:
-        """Kill every process, remove the cgroup and the read-write layer. Idempotent."""
+        """Undo the box's start, newest step first: its forwards and network, its record
+        (kept boxes get their kept entry), its final stats, SIGKILL to its init through
+        the pidfd (waited for, bounded), its commands and control socket, its cgroup,
+        then its directory (deleted, or moved to ``<run>/kept/`` with ``keep``).
+
+        Every step runs even when one fails; ``TeardownError`` (an ``ExceptionGroup``)
+        then holds every failure. Idempotent: a second call returns at once.
+        """
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
-            self._teardown(keep=keep)
+            self._keep = keep
+            self._undo.close()
 
-    def _teardown(self, keep: bool) -> None:
-        self._closed = True
-        errors: list[str] = []
-        while self._cleanups:
-            try:
-                self._cleanups.pop()()
-            except Exception as exc:
-                errors.append(str(exc))
-        if self._cgroup is not None:
-            try:
-                self.final_stats = self._cgroup.stats()
-            except Exception:  # stats are a courtesy for reports; teardown goes on
-                self.final_stats = None
-        if self._pidfd >= 0:
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            poller = select.poll()
-            poller.register(self._pidfd, select.POLLIN)
-            if not poller.poll(KILL_TIMEOUT * 1000):
-                errors.append(f"its init (pid {self.pid}) survived SIGKILL for {KILL_TIMEOUT} s")
-            os.close(self._pidfd)
-            self._pidfd = -1
-        if self._ctl is not None:
-            self._ctl.close()
-        # Commands still running lose their box; the box lets go of them.
+    # The undo steps of _start, in the order they are pushed.
+    def _release_dirs(self) -> None:
+        if not os.path.isdir(self.dirs.base):
+            return
+        try:
+            if self._keep:
+                self.kept_at = self._keep_layers()
+            else:
+                remove_tree(self.dirs.base)
+        except OSError as exc:
+            raise BoxError(f"cannot remove {self.dirs.base}: {exc}") from exc
+
+    def _detach_processes(self) -> None:
         running, self._processes = self._processes, []
         for proc in running:
             proc.detach()
-        if self._cgroup is not None:
-            try:
-                self._cgroup.destroy(timeout=KILL_TIMEOUT)
-            except Exception as exc:
-                errors.append(str(exc))
-        if os.path.isdir(self.dirs.base):
-            try:
-                if keep:
-                    self.kept_at = self._keep()
-                else:
-                    remove_tree(self.dirs.base)
-            except OSError as exc:
-                errors.append(f"cannot remove {self.dirs.base}: {exc}")
-        if errors:
-            raise BoxError(f"teardown of box {self.name!r} incomplete: " + "; ".join(errors))
 
-    def _keep(self) -> str:
-        """Move the box's layers to ``<run>/kept/<label>-<id>/`` with a record of what a
-        new box over them needs (``python -m pytest_nsbox enter``); returns the kept
-        read-write layer's path."""
+    def _kill_init(self) -> None:
+        pidfd, self._pidfd = self._pidfd, -1
+        try:
+            try:
+                signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            poller = select.poll()
+            poller.register(pidfd, select.POLLIN)
+            if not poller.poll(KILL_TIMEOUT * 1000):
+                raise BoxError(f"box {self.name!r}: its init (pid {self.pid}) survived "
+                               f"SIGKILL for {KILL_TIMEOUT} s")
+        finally:
+            os.close(pidfd)
+
+    def _read_final_stats(self) -> None:
+        try:
+            self.final_stats = self._cgroup.stats()
+        except Exception:  # stats are a courtesy for reports; teardown goes on
+            self.final_stats = None
+
+    def _retire_record(self) -> None:
+        """The record lives in the box's directory and goes with it; a kept box's record
+        gets the kept entry (``records.kept_entry``) that ``enter`` needs."""
+        if self._keep:
+            self._write_owner(kept=records.kept_entry(
+                label=self.label, rootdir=self._host.rootdir, store=self._host.dirs.store,
+                image=self.image, spec=self.spec, hostname=self.hostname))
+
+    def _keep_layers(self) -> str:
+        """Move the box's layers to ``<run>/kept/<label>-<id>/`` (its record already names
+        what a new box over them needs: ``python -m pytest_nsbox enter``); returns the
+        kept read-write layer's path."""
         host = self._host
         dest = os.path.join(host.dirs.kept, records.dir_name(self.label, self.id))
         os.makedirs(host.dirs.kept, 0o700, exist_ok=True)
         remove_tree(self.dirs.work)
-        self._write_owner(kept=records.kept_entry(
-            label=self.label, rootdir=host.rootdir, store=host.dirs.store, image=self.image,
-            spec=self.spec, hostname=self.hostname))
         os.rename(self.dirs.base, dest)
         return os.path.join(dest, "upper")
 
@@ -397,19 +417,81 @@ class Box:
         with ``timeout``, retried until something listens or the time is up."""
         from ..network import reach
 
-        return reach.connect(self, port, timeout)
+        return reach.connect(self._handle, port, timeout)
 
     def forward(self, port: int) -> tuple[str, int]:
         """The box's ``port`` exposed on the host's 127.0.0.1, until the box closes."""
         from ..network import reach
 
-        return reach.forward(self, port)
+        return reach.forward(self._handle, port)
 
     def wait_for_port(self, port: int, timeout: float) -> None:
         """Return once something listens on TCP ``port`` in the box (never connects)."""
         from ..network import reach
 
-        reach.wait_for_port(self, port, timeout)
+        reach.wait_for_port(self._handle, port, timeout)
+
+
+class _NetworkHandle:
+    """The box as its network sees it (``network.handle.BoxHandle``): what ``attach`` and
+    ``reach`` read, and ``on_close`` to push their undo on the box's stack."""
+
+    def __init__(self, box: Box) -> None:
+        self._box = box
+
+    @property
+    def id(self) -> str:
+        return self._box.id
+
+    @property
+    def name(self) -> str:
+        return self._box.name
+
+    @property
+    def hostname(self) -> str:
+        return self._box.hostname
+
+    @property
+    def pid(self) -> int:
+        return self._box.pid
+
+    @property
+    def ip(self) -> str | None:
+        return self._box.ip
+
+    @property
+    def spec(self) -> BoxSpec:
+        return self._box.spec
+
+    @property
+    def group(self) -> object:
+        return self._box.group
+
+    @property
+    def run_dir(self) -> str:
+        return self._box._host.dirs.run
+
+    def owner_lock(self) -> str:
+        return self._box._host.owner_lock()
+
+    def alive(self) -> bool:
+        """Open, and its init still runs (its pidfd is not readable yet)."""
+        box = self._box
+        pidfd = box._pidfd
+        if box.closed or pidfd < 0:
+            return False
+        poller = select.poll()
+        poller.register(pidfd, select.POLLIN)
+        return not poller.poll(0)
+
+    def set_ip(self, ip: str) -> None:
+        self._box.ip = ip
+
+    def write_text(self, path: str, text: str) -> None:
+        self._box.write_text(path, text)
+
+    def on_close(self, undo: Callable[[], object]) -> None:
+        self._box._undo.callback(undo)
 
 
 def _argv(cmd: list[str] | str) -> list[str]:
