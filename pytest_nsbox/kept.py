@@ -35,7 +35,7 @@ class KeptError(NsboxError):
 
 
 def _entry(box: BoxInfo) -> dict[str, Any]:
-    entry = box.record.get("kept") if box.record else None
+    entry = box.kept_entry
     if not isinstance(entry, dict) or entry.get("version") != KEPT_VERSION:
         raise KeptError(
             f"box {box.id} ({box.name or '?'}) was kept without a record of its image (by an "
@@ -96,7 +96,7 @@ def layers_in_use(dirs: StateDirs) -> set[str]:
     them, as ``docker image prune`` keeps the images of stopped containers)."""
     used: set[str] = set()
     for box in scan_boxes(dirs, kept=True):
-        entry = box.record.get("kept") if box.state == "kept" and box.record else None
+        entry = box.kept_entry if box.state == "kept" else None
         image = entry.get("image") if isinstance(entry, dict) else None
         if isinstance(image, dict) and isinstance(image.get("layers"), list):
             used.update(str(layer) for layer in image["layers"])

@@ -15,11 +15,13 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from .errors import NsboxError
 from .kernel.fs import try_flock
 from .kernel.proc import own_start_time, start_time
+from .model.jsondata import DataError, from_json, to_json
 from .state import StateDirs
 
 if TYPE_CHECKING:
@@ -41,55 +43,103 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._=+@-]+")
 LABEL_MAX = 100
 
 
+class RecordError(NsboxError):
+    """A box record (``owner.json``) that is not JSON or not of the record's shape; the
+    message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class BoxRecord:
+    """A box's ``owner.json``.
+
+    ``owner_pid``, ``owner_start`` (clock ticks since boot, ``/proc/<pid>/stat`` field 22)
+    and ``owner_lock`` (a file its owner holds a ``flock`` on) say who owns it; ``pid`` is
+    its init's host PID and ``cgroup`` its cgroup's name, for ``gc``; ``created`` is when it
+    came up (seconds since the epoch); ``env`` and ``workdir`` are what its commands get by
+    default (for ``enter``); ``kept`` is the entry of a kept box (``kept_entry``).
+    Fields after ``owner_start`` have defaults: records written by older versions lack
+    some of them (``owner_lock``, ``pid``, ``env``, ``workdir``, ``kept``).
+    """
+
+    id: str
+    owner_pid: int
+    owner_start: int | None
+    owner_lock: str = ""
+    pid: int | None = None
+    cgroup: str = ""
+    name: str = ""
+    image: str = ""
+    hostname: str = ""
+    created: float | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = "/"
+    kept: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as written (a kept entry only when there is one)."""
+        data: dict[str, Any] = to_json(self)
+        if self.kept is None:
+            del data["kept"]
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, path: str) -> BoxRecord:
+        """The record in JSON value ``data`` read from file ``path``; raises ``RecordError``
+        naming ``path`` for an unknown or missing field or a value of the wrong type."""
+        try:
+            return from_json(cls, data, f"box record {path}")
+        except DataError as exc:
+            raise RecordError(str(exc)) from None
+
+
 def new_record(*, box_id: str, owner_lock: str, pid: int, name: str, image: str,
                hostname: str, created: float, env: dict[str, str], workdir: str,
-               kept: dict[str, Any] | None = None) -> dict[str, Any]:
+               kept: dict[str, Any] | None = None) -> BoxRecord:
     """The record of a box owned by this process: who owns it (pid, start time, lock), its
     init's host pid and cgroup for ``gc``, and for ``enter`` the environment and working
     directory its commands get by default; ``kept`` adds a kept box's entry."""
-    record: dict[str, Any] = {
-        "id": box_id, "owner_pid": os.getpid(), "owner_start": own_start_time(),
-        "owner_lock": owner_lock, "pid": pid or None, "cgroup": CGROUP_PREFIX + box_id,
-        "name": name, "image": image, "hostname": hostname, "created": created, "env": env,
-        "workdir": workdir}
-    if kept is not None:
-        record["kept"] = kept
-    return record
+    return BoxRecord(id=box_id, owner_pid=os.getpid(), owner_start=own_start_time(),
+                     owner_lock=owner_lock, pid=pid or None, cgroup=CGROUP_PREFIX + box_id,
+                     name=name, image=image, hostname=hostname, created=created, env=env,
+                     workdir=workdir, kept=kept)
 
 
-def write(box_dir: str, record: dict[str, Any]) -> None:
+def write(box_dir: str, record: BoxRecord) -> None:
     """Write ``record`` into box directory ``box_dir`` atomically (rename over the old)."""
     path = os.path.join(box_dir, RECORD)
     with open(path + ".tmp", "w", encoding="utf-8") as f:
-        json.dump(record, f)
+        json.dump(record.to_json(), f)
     os.rename(path + ".tmp", path)
 
 
-def read_record(path: str) -> dict[str, Any] | None:
-    """The ``owner.json`` of box directory ``path``, or None when missing or unreadable."""
+def read_record(path: str) -> BoxRecord | None:
+    """The ``owner.json`` of box directory ``path``; None when there is none (yet).
+
+    Raises ``RecordError`` naming the file when it cannot be read, is not JSON, or is not
+    a box record (``BoxRecord.from_json``)."""
+    file = os.path.join(path, RECORD)
     try:
-        with open(os.path.join(path, RECORD), encoding="utf-8") as f:
-            record = json.load(f)
-    except (OSError, ValueError):
+        with open(file, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError:
         return None
-    return record if isinstance(record, dict) else None
+    except (OSError, ValueError) as exc:
+        raise RecordError(f"box record {file}: unreadable: {exc}") from None
+    return BoxRecord.from_json(data, file)
 
 
-def owner_alive(record: dict[str, Any]) -> bool:
+def owner_alive(record: BoxRecord) -> bool:
     """Whether the process that owns a box (its ``owner.json`` record) is still alive."""
-    lock = record.get("owner_lock")
-    if isinstance(lock, str) and lock:
-        with try_flock(lock) as taken:
+    if record.owner_lock:
+        with try_flock(record.owner_lock) as taken:
             if taken is not None:
                 return not taken
-    pid = record.get("owner_pid")
-    if not isinstance(pid, int) or pid <= 0:
+    if record.owner_pid <= 0:
         return False
-    started = start_time(pid)
+    started = start_time(record.owner_pid)
     if started is None:
         return False
-    recorded = record.get("owner_start")
-    return not (isinstance(recorded, int) and recorded and recorded != started)
+    return not (record.owner_start and record.owner_start != started)
 
 
 def kept_entry(*, label: str, rootdir: str | None, store: str, image: Image, spec: BoxSpec,
@@ -134,68 +184,69 @@ class BoxInfo:
 
     ``state`` is ``live`` (its owner lives), ``dead`` (its owner died: garbage), ``starting``
     (no owner.json yet, young), ``abandoned`` (no readable owner.json, old: garbage) or
-    ``kept`` (under ``<run>/kept/``: kept for inspection by ``--nsbox-keep``).
+    ``kept`` (under ``<run>/kept/``: kept for inspection by ``--nsbox-keep``). ``problem``
+    says why an ``owner.json`` that is there was not read (``RecordError``).
     """
 
     id: str
     path: str
-    record: dict[str, Any] | None
+    record: BoxRecord | None
     state: str
     age: float
+    problem: str = ""
 
     @property
     def name(self) -> str:
-        return str(self._get("name") or "")
+        return self.record.name if self.record else ""
 
     @property
     def image(self) -> str:
-        return str(self._get("image") or "")
+        return self.record.image if self.record else ""
 
     @property
     def hostname(self) -> str:
-        return str(self._get("hostname") or "")
+        return self.record.hostname if self.record else ""
 
     @property
     def env(self) -> dict[str, str]:
         """The environment the box's commands get by default (image ENV, marker env)."""
-        env = self._get("env")
-        if not isinstance(env, dict):
-            return {}
-        return {str(k): str(v) for k, v in env.items()}
+        return dict(self.record.env) if self.record else {}
 
     @property
     def workdir(self) -> str:
         """The box's working directory (the image's ``WORKDIR``), ``/`` if not recorded."""
-        workdir = self._get("workdir")
-        return workdir if isinstance(workdir, str) and workdir.startswith("/") else "/"
+        workdir = self.record.workdir if self.record else ""
+        return workdir if workdir.startswith("/") else "/"
 
     @property
     def owner_pid(self) -> int | None:
-        pid = self._get("owner_pid")
-        return pid if isinstance(pid, int) else None
+        return self.record.owner_pid if self.record else None
 
     @property
     def owner_lock(self) -> str | None:
-        lock = self._get("owner_lock")
-        return lock if isinstance(lock, str) and lock else None
+        return self.record.owner_lock or None if self.record else None
 
     @property
     def init_pid(self) -> int | None:
         """The host PID of the box's init, when ``owner.json`` records it."""
-        pid = self._get("pid")
-        return pid if isinstance(pid, int) and pid > 0 else None
+        pid = self.record.pid if self.record else None
+        return pid if pid is not None and pid > 0 else None
 
     @property
     def cgroup(self) -> str:
-        name = self._get("cgroup")
-        if isinstance(name, str) and name.startswith(CGROUP_PREFIX) and "/" not in name:
+        name = self.record.cgroup if self.record else ""
+        if name.startswith(CGROUP_PREFIX) and "/" not in name:
             return name
         return CGROUP_PREFIX + self.id
 
     @property
     def created(self) -> float | None:
-        created = self._get("created")
-        return float(created) if isinstance(created, (int, float)) else None
+        return self.record.created if self.record else None
+
+    @property
+    def kept_entry(self) -> dict[str, Any] | None:
+        """The ``kept`` entry of a kept box's record (``kept_entry``), if any."""
+        return self.record.kept if self.record else None
 
     @property
     def upper(self) -> str:
@@ -205,9 +256,6 @@ class BoxInfo:
     @property
     def garbage(self) -> bool:
         return self.state in ("dead", "abandoned")
-
-    def _get(self, key: str) -> Any:
-        return self.record.get(key) if self.record else None
 
 
 def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
@@ -227,8 +275,11 @@ def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
-            record = read_record(entry.path)
-            box_id = str(record.get("id") or "") if record else ""
+            try:
+                record, problem = read_record(entry.path), ""
+            except RecordError as exc:  # unreadable: as a box with no record
+                record, problem = None, str(exc)
+            box_id = record.id if record else ""
             if not box_id:
                 # kept dirs are named <label>-<id>; box dirs are the id itself
                 box_id = entry.name.rpartition("-")[2] if is_kept else entry.name
@@ -238,9 +289,9 @@ def scan_boxes(dirs: StateDirs, *, kept: bool = False) -> list[BoxInfo]:
                 state = "starting" if age_of(st, now) < HALF_CREATED_AGE else "abandoned"
             else:
                 state = "live" if owner_alive(record) else "dead"
-            created = record.get("created") if record else None
-            age = now - (created if isinstance(created, (int, float)) else st.st_mtime)
-            found.append(BoxInfo(box_id, entry.path, record, state, max(0.0, age)))
+            created = record.created if record else None
+            age = now - (created if created is not None else st.st_mtime)
+            found.append(BoxInfo(box_id, entry.path, record, state, max(0.0, age), problem))
     return found
 
 

@@ -7,6 +7,7 @@ without touching anything of other runs.
 """
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import os
@@ -153,17 +154,20 @@ def test_gc_leaves_a_live_owners_boxes_alone(run_dir):
 def test_a_box_is_live_while_its_owner_lock_is_held_whatever_its_pid_says(tmp_path):
     lock = tmp_path / "owner.lock"
     lock.touch()
-    record = {"owner_pid": 999_999_999, "owner_start": 1, "owner_lock": str(lock)}
+    record = records.BoxRecord(id="0" * 12, owner_pid=999_999_999, owner_start=1,
+                               owner_lock=str(lock))
     with open(lock) as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         assert records.owner_alive(record)
     assert not records.owner_alive(record)
     lock.unlink()  # no lock file: the pid and its start time decide
     assert not records.owner_alive(record)
-    me = {"owner_pid": os.getpid(), "owner_start": sweep.start_time(os.getpid()),
-          "owner_lock": str(lock)}
+    me = records.BoxRecord(id="0" * 12, owner_pid=os.getpid(),
+                           owner_start=sweep.start_time(os.getpid()), owner_lock=str(lock))
     assert records.owner_alive(me)
-    assert not records.owner_alive(dict(me, owner_start=me["owner_start"] + 1))  # pid reused
+    assert me.owner_start is not None
+    pid_reused = dataclasses.replace(me, owner_start=me.owner_start + 1)
+    assert not records.owner_alive(pid_reused)
 
 
 # -- collect() on a state directory of its own ----------------------------------------------------
