@@ -72,7 +72,8 @@ PS_STATES = {"live": "running", "kept": "kept"}
 
 def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
     """Running boxes, then kept ones (``--nsbox-keep``): id, name, image, state, owner
-    pid, age and memory in use (kept boxes have neither owner nor memory)."""
+    pid, age and memory in use (kept boxes have neither owner nor memory), and for a kept
+    box the test it came from (TEST: the label of its kept directory ``<label>-<id>``)."""
     boxes = records.scan_boxes(dirs, kept=True)
     shown = [b for b in boxes if b.state == "live"] + [b for b in boxes if b.state == "kept"]
     if args.quiet:
@@ -80,12 +81,12 @@ def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
             print(box.id)
         return 0
     backend = _backend(args)
-    rows = [["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY"]]
+    rows = [["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY", "TEST"]]
     for box in shown:
         running = box.state == "live"
         rows.append([box.id, box.name or "-", box.image or "-", PS_STATES[box.state],
                      str(box.owner_pid or "-") if running else "-", format_age(box.age),
-                     _memory(backend, box) if running else "-"])
+                     _memory(backend, box) if running else "-", _kept_label(box)])
     print(_table(rows))
     dead = sum(1 for b in boxes if b.garbage)
     if dead:
@@ -93,6 +94,16 @@ def cmd_ps(args: argparse.Namespace, dirs: StateDirs) -> int:
         print(f"nsbox: {dead} box{'es' if dead != 1 else ''} of dead owners left behind; "
               f"{hint}", file=sys.stderr)
     return 0
+
+
+def _kept_label(box: records.BoxInfo) -> str:
+    """The test a kept box came from: its kept directory is ``<label>-<id>``
+    (``records.dir_name``), the label being the test's name; ``-`` for a running box."""
+    if box.state != "kept":
+        return "-"
+    name = os.path.basename(box.path)
+    suffix = f"-{box.id}"
+    return (name[:-len(suffix)] if name.endswith(suffix) else name) or "-"
 
 
 # -- enter -------------------------------------------------------------------------------------

@@ -177,7 +177,8 @@ def build(store: ImageStore, name_or_path: str, build_args: list[str] | None = N
           target: str | None = None) -> Image:
     """Build a fixtures image by name, or the Containerfile at (or in) a path;
     ``build_args`` are ``KEY=VALUE`` texts (``--build-arg``), ``target`` a stage."""
-    from .images.build import collect_build_args
+    from .images.build import CLI_BUILD_ARG, collect_build_args
 
-    return store.build(name_or_path, build_args=collect_build_args([], build_args or []),
+    return store.build(name_or_path,
+                       build_args=collect_build_args([], build_args or [], CLI_BUILD_ARG),
                        target=target)

@@ -12,7 +12,7 @@ isolate).
 from __future__ import annotations
 
 from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import pytest
 
@@ -118,11 +118,29 @@ class _Settings:
             raise pytest.UsageError(f"ini nsbox_pool={pool!r}: not a number of boxes; "
                                     f"use e.g. nsbox_pool = 2")
         self.pool_size = int(pool)
+        self.build_args = self._build_args()
         self._pool: Any = None
         self.positions: dict[str, int] = {}
         self.items: list[pytest.Item] = []
         if self.pool_size > 0:
             self.register(_Prefetch)
+
+    def _build_args(self) -> dict[str, str]:
+        """``--nsbox-build-arg`` over ini ``nsbox_build_args``, checked now: a bad one is a
+        usage error naming its source, shown once before any test runs. The builder is
+        imported only when some are given (a session without them pays nothing)."""
+        lines = list(self.config.getini("nsbox_build_args"))
+        options = list(self.config.getoption("nsbox_build_arg") or [])
+        if not lines and not options:
+            return {}
+        from .errors import ImageError
+        from .images.build import collect_build_args
+
+        try:
+            return collect_build_args(lines, options)
+        except ImageError as exc:
+            problem = str(exc)
+        raise pytest.UsageError(problem)
 
     def register(self, hooks: type[_PerTest]) -> None:
         """Add one kind of per-test hooks to this session (once)."""
@@ -158,10 +176,7 @@ class _Settings:
                                                            or "fixtures_images"))
             store.rootdir = str(self.config.rootpath)
             store.insecure_registries = list(ini("nsbox_insecure_registries"))
-            from .images.build import collect_build_args
-
-            store.build_args = collect_build_args(
-                list(ini("nsbox_build_args")), self.config.getoption("nsbox_build_arg") or [])
+            store.build_args = dict(self.build_args)
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             store.progress = reporter.write_line if reporter is not None else None
             hook = self.config.hook
@@ -378,7 +393,7 @@ class BoxFactory:
         try:
             return _item_spec(self.item)
         except SpecError as exc:
-            pytest.fail(f"{self.item.nodeid}: {exc}", pytrace=False)
+            _fail(f"{self.item.nodeid}: {exc}")
 
     def __call__(self, name: str | None = None, **keys: Any) -> Box:
         from . import isolate
@@ -402,18 +417,18 @@ class BoxFactory:
         try:
             spec = BoxSpec.from_kwargs({**base.to_kwargs(), **keys}, source="nsbox_factory")
         except SpecError as exc:
-            pytest.fail(f"{self.item.nodeid}: {exc}", pytrace=False)
+            _fail(f"{self.item.nodeid}: {exc}")
         self.item.config.hook.pytest_nsbox_box_spec(spec=spec, item=self.item)
         try:
             spec = spec.validate()
         except SpecError as exc:
-            pytest.fail(f"{self.item.nodeid}: after pytest_nsbox_box_spec: {exc}", pytrace=False)
+            _fail(f"{self.item.nodeid}: after pytest_nsbox_box_spec: {exc}")
         label = self.item.name if not self.boxes else f"{self.item.name}-{len(self.boxes)}"
         try:
             box = Box.from_spec(spec, host=self.settings.host, label=label,
                                 group=self.item.nodeid)
-        except ImageError as exc:  # a broken Containerfile or pull: one line, not a traceback
-            pytest.fail(f"{self.item.nodeid}: {exc}", pytrace=False)
+        except (ImageError, SpecError) as exc:  # a broken Containerfile or pull, more cpus
+            _fail(f"{self.item.nodeid}: {exc}")  # than the host has: one line, no traceback
         self.boxes.append(box)
         self.item.config.hook.pytest_nsbox_box_started(box=box)
         return box
@@ -435,6 +450,14 @@ class BoxFactory:
                 self.settings.kept.append((self.item.nodeid, box.kept_at))
         if errors:
             raise errors[0]
+
+
+def _fail(message: str) -> NoReturn:
+    """Fail the test with ``message`` alone: no traceback, and (called in an ``except``
+    block) not chained to the error being handled, so it is shown once and not as "during
+    handling of the above exception" (``raise ... from None`` sets ``__suppress_context__``,
+    which pytest's ``FormattedExcinfo.repr_excinfo`` honours as Python's traceback does)."""
+    raise pytest.fail.Exception(message, pytrace=False) from None
 
 
 def _require_host(require: bool) -> None:

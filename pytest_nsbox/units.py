@@ -293,8 +293,13 @@ def _cpus_amount(v: object) -> Decimal:
     """The exact number of cores in ``v``, read as docker/cli's ``ParseCPUs`` reads it."""
     what = "not a number of CPUs"
     if isinstance(v, str):
-        m = _CPUS.fullmatch(v.strip())
+        # No strip: big.Rat's SetString refuses surrounding spaces ("1.5 "), and so does
+        # ``docker run --cpus``.
+        m = _CPUS.fullmatch(v)
         if m is None:
+            if v != v.strip() and _CPUS.fullmatch(v.strip()):
+                raise ValueError(f"{what}: spaces around it are not part of a number "
+                                 f"(docker's --cpus refuses them too); use {v.strip()!r}")
             raise ValueError(what)
         if m["num"] is not None:
             number = Decimal(m["num"])
@@ -331,8 +336,10 @@ def parse_cpus(v: object) -> float:
     Strings are what ``docker run --cpus`` takes (docker/cli ``opts.ParseCPUs``): a
     decimal, with an exponent if you like (``"0.5"``, ``"5e-1"``), or a fraction
     (``"1/2"``), at most 9 decimal places (the value is a whole number of nano-CPUs;
-    finer is "too precise", as Docker says). A float is read as its ``repr``. No upper
-    limit but int64 nano-CPUs: a cgroup quota may exceed the number of cores.
+    finer is "too precise", as Docker says), without surrounding spaces (``"1.5 "`` is
+    refused, as Go's ``big.Rat.SetString`` refuses it). A float is read as its ``repr``.
+    The bounds of a box's limit are the spec's (``model/spec.py``: at least 0.01) and the
+    box's (at most the host's CPUs); here only int64 nano-CPUs.
     """
     amount = _cpus_amount(v)
     if amount <= 0:

@@ -51,10 +51,12 @@ def test_ps_lists_a_live_box():
         result = cli("ps")
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        assert lines[0].split() == ["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY"]
+        assert lines[0].split() == ["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY",
+                                    "TEST"]
         row = next(line.split() for line in lines if line.startswith(box.id))
         assert row[1:5] == ["cli-ps", "busybox", "running", str(os.getpid())]
         assert row[5].endswith("s") and row[6] != "-"  # age, memory of its cgroup
+        assert row[-1] == "-"  # a running box: no kept test label (TEST)
         assert box.id in cli("ps", "-q").stdout.split()
     assert box.id not in cli("ps", "-q").stdout.split()
 

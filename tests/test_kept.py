@@ -75,7 +75,8 @@ def ps_rows(cli: Cli) -> list[list[str]]:
     done = cli("ps")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
-    assert lines[0].split() == ["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY"]
+    assert lines[0].split() == ["ID", "NAME", "IMAGE", "STATE", "OWNER", "AGE", "MEMORY",
+                                "TEST"]
     return [line.split() for line in lines[1:]]
 
 
@@ -83,14 +84,17 @@ def test_a_failed_tests_box_is_listed_kept_and_entered(pytester: pytest.Pytester
                                                        own_run: str, cli: Cli) -> None:
     """The issue's case: a failing test writes /data/marker; ``ps`` lists its box as kept;
     ``enter ID -- cat /data/marker`` prints it, and the command's exit status is enter's
-    (as ``docker exec``'s is: docker/cli cli/command/container/exec.go)."""
+    (as ``docker exec``'s is: docker/cli cli/command/container/exec.go). An unnamed kept
+    box is ``box-<id>`` to ``ps``, as ``docker ps`` names a container by what it was given;
+    its TEST column says which test it came from (the kept directory's label)."""
     result = keep_failed(pytester, own_run)
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*test_fails: read-write layer kept at *"])
     rows = ps_rows(cli)
     assert len(rows) == 1  # only the failed test's box is kept
-    box_id, name, image, state, owner, _age, memory = rows[0]
-    assert (name, image, state, owner, memory) == (f"box-{box_id}", "busybox", "kept", "-", "-")
+    box_id, name, image, state, owner, _age, memory, test = rows[0]
+    assert (name, image, state, owner, memory, test) == (
+        f"box-{box_id}", "busybox", "kept", "-", "-", "test_fails")
     assert cli("ps", "-q").stdout == f"{box_id}\n"
 
     done = cli("enter", box_id, "--", "cat", "/data/marker")

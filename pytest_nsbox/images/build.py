@@ -48,7 +48,7 @@ from typing import Any
 
 from filelock import FileLock, Timeout
 
-from ..errors import ImageError
+from ..errors import BoxError, CgroupError, ImageError
 from ..kernel.arch import oci_arch, oci_platform
 from ..model.defaults import DEFAULT_PATH, INIT_LAYER_RELPATHS
 from . import containerfile as cf
@@ -118,11 +118,14 @@ def check_build_args(build_args: Any, source: str = "build_args") -> dict[str, s
 
 def parse_build_arg(text: str, source: str) -> tuple[str, str] | None:
     """``KEY=VALUE``, or ``KEY`` alone: its value from this process's environment, None
-    when it has none (docker/cli ``opts.ValidateEnv``, as ``--build-arg KEY`` reads it)."""
+    when it has none (docker/cli ``opts.ValidateEnv``, as ``--build-arg KEY`` reads it).
+    An empty name (``=x``, or nothing at all) is an ``ImageError`` naming ``source``, as
+    ``ValidateEnv`` refuses it ("invalid environment variable")."""
     key, eq, value = text.partition("=")
     key = key.strip()
     if not key:
-        raise ImageError(f"{source} {text!r}: not KEY=VALUE; use e.g. VERSION=1.2")
+        raise ImageError(f"{source} {text!r}: not KEY=VALUE (the name is empty); use e.g. "
+                         f"VERSION=1.2")
     if eq:
         return key, value
     if key in os.environ:
@@ -130,14 +133,24 @@ def parse_build_arg(text: str, source: str) -> tuple[str, str] | None:
     return None
 
 
-def collect_build_args(lines: list[str], options: list[str]) -> dict[str, str]:
-    """Build args from ini ``nsbox_build_args`` lines, then ``--nsbox-build-arg`` /
-    ``--build-arg`` options (the command line wins): each ``KEY=VALUE``, or ``KEY`` alone
-    for its value in the environment (skipped when unset). Raises ImageError."""
+#: Where build args come from, as errors name them.
+INI_BUILD_ARGS = "ini nsbox_build_args"
+PYTEST_BUILD_ARG = "--nsbox-build-arg"
+CLI_BUILD_ARG = "images build --build-arg"
+
+
+def collect_build_args(lines: list[str], options: list[str],
+                       option: str = PYTEST_BUILD_ARG) -> dict[str, str]:
+    """Build args from ini ``nsbox_build_args`` lines, then the command line's options
+    (``option`` names them in errors: ``--nsbox-build-arg``, or the CLI's ``images build
+    --build-arg``), which win: each ``KEY=VALUE``, or ``KEY`` alone for its value in the
+    environment (skipped when unset). Blank ini lines are skipped; an empty option
+    (``--nsbox-build-arg ''``) is an error, as docker/cli's ``ValidateEnv`` makes
+    ``--build-arg ''``. Raises ImageError."""
     out: dict[str, str] = {}
-    for source, items in (("ini nsbox_build_args", lines), ("--build-arg", options)):
+    for source, items in ((INI_BUILD_ARGS, lines), (option, options)):
         for item in items:
-            if not item.strip():
+            if source == INI_BUILD_ARGS and not item.strip():
                 continue
             pair = parse_build_arg(item, source)
             if pair is not None:
@@ -347,7 +360,18 @@ class Builder:
         steps = [cf.parse_trigger(t, self.path, stage.line) for t in triggers]
         steps += stage.instructions
         for number, ins in enumerate(steps, start=2):
-            self._dispatch(state, ins, number, len(steps) + 1)
+            problem = None
+            try:
+                self._dispatch(state, ins, number, len(steps) + 1)
+            except (ImageError, BoxError, CgroupError) as exc:
+                problem = str(exc)
+                if problem.startswith(f"{self.path}:"):  # located already
+                    raise
+            if problem is not None:
+                # Every build error names its place: what the copy code, the layer view
+                # (a symlink loop), the store or a RUN step's box raised without one gets
+                # it here, as an ImageError (a host that cannot run boxes stays a skip).
+                raise ImageError(f"{self.path}:{ins.line}: {ins.keyword}: {problem}")
         state.done = True
 
     def _stage_named(self, name: str, before: int) -> StageState | None:

@@ -20,7 +20,7 @@ import secrets
 import shutil
 import tarfile
 from collections.abc import Callable
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 from filelock import FileLock
 
@@ -111,16 +111,49 @@ class DirSource(Source):
         return os.path.isfile(self._full(rel))
 
 
+# What ``docker load`` takes besides a plain tar, by magic number (moby
+# pkg/archive ``DetectCompression``), and tarfile's mode for each.
+_TarMode = Literal["r:", "r:gz", "r:bz2", "r:xz"]
+_COMPRESSIONS: tuple[tuple[bytes, _TarMode | None, str], ...] = (
+    (b"\x1f\x8b\x08", "r:gz", "gzip"),
+    (b"BZh", "r:bz2", "bzip2"),
+    (b"\xfd7zXZ\x00", "r:xz", "xz"),
+    (b"\x28\xb5\x2f\xfd", None, "zstd"),
+)
+
+
+def _tar_mode(path: str, what: str) -> _TarMode:
+    """tarfile's read mode for the archive at ``path``: its compression is told by its
+    first bytes, as ``docker load`` tells it, so a file that is no tar gets one reason
+    (tarfile's ``r:*`` would list what each of its four readers said)."""
+    with open(path, "rb") as f:
+        head = f.read(6)
+    for magic, mode, name in _COMPRESSIONS:
+        if head.startswith(magic):
+            if mode is None:
+                raise ImageError(f"{what}: {name}-compressed, which this Python cannot read; "
+                                 f"decompress it first (e.g. `zstd -d`)")
+            return mode
+    return "r:"
+
+
 class TarSource(Source):
-    def __init__(self, path: str) -> None:
+    """A ``docker save`` or OCI archive; ``what`` names it in errors (``path``, or the
+    reference it was given by) and ``kind`` says what it should have been."""
+
+    def __init__(self, path: str, what: str | None = None,
+                 kind: str = "docker save output or an OCI archive") -> None:
         self.path = path
         self.name = path
+        what = what or path
         try:
-            self.tar = tarfile.open(path, "r:*")
+            self.tar = tarfile.open(path, _tar_mode(path, what))
             self.members = {_clean(m.name, path): m for m in self.tar.getmembers()
                             if m.isfile() or m.islnk()}
         except (tarfile.TarError, OSError, EOFError) as exc:
-            raise ImageError(f"{path}: not a readable tar ({exc})") from None
+            reason = (exc.strerror if isinstance(exc, OSError) and exc.strerror
+                      else " ".join(str(exc).split()) or type(exc).__name__)
+            raise ImageError(f"{what}: not a tar archive ({kind}): {reason}") from None
 
     def open(self, rel: str) -> IO[bytes]:
         m = self.members.get(_clean(rel, self.name))
@@ -194,7 +227,9 @@ def load_path(store: ImageStore, path: str, tag: str | None = None,
                              index)
     if not os.path.isfile(path):
         raise ImageError(f"{path}: no such file or directory")
-    tsource = TarSource(path)
+    kinds = {"docker-archive": "docker save output", "oci-archive": "an OCI archive"}
+    kind = kinds.get((ref or "").partition(":")[0], "docker save output or an OCI archive")
+    tsource = TarSource(path, ref, kind)
     try:
         with store.using():
             if tsource.exists("manifest.json"):

@@ -61,3 +61,13 @@ def in_cgroup(pid: int, name: str) -> bool:
             return any(line.rstrip("\n").endswith("/" + name) for line in f)
     except OSError:
         return False
+
+
+def available_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask's count, else the online CPUs,
+    as moby ``pkg/sysinfo/numcpu_linux.go`` ``NumCPU`` counts them (the upper bound of a
+    box's ``cpus``)."""
+    try:
+        return len(os.sched_getaffinity(0)) or os.cpu_count() or 1
+    except OSError:
+        return os.cpu_count() or 1

@@ -27,6 +27,7 @@ from ..units import (
     format_number,
     format_rate,
     format_size,
+    nano_cpus,
     parse_cpus,
     parse_duration,
     parse_percent,
@@ -41,8 +42,11 @@ __all__ = [
     "KEYS",
     "NETWORKS",
     "SHAPING_KEYS",
+    "MIN_MEMORY",
+    "MIN_NANO_CPUS",
     "Bind",
     "BoxSpec",
+    "check_cpus_available",
     "merge_marker_kwargs",
 ]
 
@@ -104,6 +108,16 @@ _HOSTNAME_MAX = 64
 # pids.max is bounded by PID_MAX_LIMIT (4 * 1024 * 1024 on 64-bit kernels).
 _PIDS_MAX = 4 * 1024 * 1024
 
+#: The least ``memory`` a box may have: moby ``daemon/daemon_unix.go`` ``linuxMinMemory``
+#: (6 MiB, "to account for overhead during startup"); below it a box dies while it starts.
+MIN_MEMORY = 6 * 1024 * 1024
+
+#: The least ``cpus``, in nano-CPUs: 0.01, Docker's ("Range of CPUs is from 0.01 to ...");
+#: its quota, 1000 us per 100000 us period, is the least the kernel's CFS takes (1 ms,
+#: Documentation/scheduler/sched-bwc.rst).
+MIN_NANO_CPUS = 10_000_000
+_CPU_RANGE = "the range of CPUs is from 0.01 to {n} (as Docker's --cpus)"
+
 
 @dataclass(frozen=True)
 class Bind:
@@ -134,11 +148,30 @@ def _memory(v: object) -> int | None:
     size = parse_size(v)
     if size == 0:
         raise ValueError("must be more than 0")
+    if size < MIN_MEMORY:
+        raise ValueError(f"less than 6M ({MIN_MEMORY} bytes), the least a box can start in "
+                         f"(Docker: \"Minimum memory limit allowed is 6MB\")")
     return size
 
 
 def _cpus(v: object) -> float | None:
-    return None if v is None else parse_cpus(v)
+    if v is None:
+        return None
+    cpus = parse_cpus(v)
+    if nano_cpus(cpus) < MIN_NANO_CPUS:
+        raise ValueError(f"less than 0.01; {_CPU_RANGE.format(n='the number of host CPUs')}")
+    return cpus
+
+
+def check_cpus_available(cpus: float | None, available: int, source: str) -> None:
+    """The upper bound of ``cpus``, checked where the box starts (a spec may be validated
+    on another machine): at most the ``available`` CPUs of this host, as moby
+    ``daemon/daemon_unix.go`` ``verifyPlatformContainerResources`` refuses ``NanoCPUs``
+    above ``sysinfo.NumCPU() * 1e9``. Raises ``SpecError`` with Docker's range sentence."""
+    if cpus is not None and nano_cpus(cpus) > available * 10**9:
+        raise SpecError("cpus", cpus, f"more than this host's {available} CPUs; "
+                        + _CPU_RANGE.format(n=f"{available}.00, as there are only {available} "
+                                              f"CPUs available"), EXAMPLES["cpus"], source)
 
 
 def _pids(v: object) -> int | None:

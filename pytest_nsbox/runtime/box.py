@@ -8,6 +8,7 @@ delete the read-write layer.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import secrets
@@ -16,7 +17,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from ..kernel.io import readable
@@ -27,7 +28,8 @@ from ..model.image import Image
 from ..overlay import diff as overlay_diff
 from .plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
 from ..model.defaults import DEFAULT_PATH
-from ..model.spec import BoxSpec
+from ..model.spec import BoxSpec, check_cpus_available
+from ..kernel.proc import available_cpus
 from .. import records
 from ..kernel.fs import remove_tree
 from ..kernel import caps, libc
@@ -53,6 +55,7 @@ class Box:
         if name is not None:
             kwargs["name"] = name
         spec = BoxSpec.from_kwargs(kwargs, source="Box")
+        check_cpus_available(spec.cpus, available_cpus(), "Box")
         self._setup(spec, host or default_host(), group=group)
 
     @classmethod
@@ -61,8 +64,10 @@ class Box:
         """Start a box from an already validated spec (the fixtures' path).
 
         ``group`` names the boxes that share one ``network="private"`` network (the plugin
-        passes the test's node id); ``None`` is this process's default group.
+        passes the test's node id); ``None`` is this process's default group. Raises
+        ``SpecError`` (source ``spec``) for more ``cpus`` than this host has.
         """
+        check_cpus_available(spec.cpus, available_cpus(), "spec")
         box = cls.__new__(cls)
         box._setup(spec, host or default_host(), label=label, group=group)
         return box
@@ -338,38 +343,70 @@ class Box:
                 pass
 
     # -- files -----------------------------------------------------------------------
+    # Every OSError of the file API names the path in the box (``exc.filename``) and the
+    # box, never a descriptor of ours: ``IsADirectoryError: [Errno 21] Is a directory (a
+    # path in box 'db'): '/d'``, as ``open()`` names the path it was given.
     def _open(self, path: str, flags: int, mode: int = 0o644) -> int:
         if self._closed:
             raise BoxClosed(f"box {self.name!r} is closed")
         rel = _box_path(path, "path")
-        proc_dir = os.open(f"/proc/{self.pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            poller = select.poll()
-            poller.register(self._pidfd, select.POLLIN)
-            if poller.poll(0):
+            proc_dir = os.open(f"/proc/{self.pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise BoxClosed(f"box {self.name!r}: its init has exited") from None
+        try:
+            if readable([self._pidfd], 0):
                 raise BoxClosed(f"box {self.name!r}: its init has exited")
             root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc_dir)
         finally:
             os.close(proc_dir)
         try:
-            return libc.openat2(root, rel.lstrip("/") or ".", flags, mode)
+            with self._path_errors(rel):
+                return libc.openat2(root, rel.lstrip("/") or ".", flags, mode)
         finally:
             os.close(root)
 
+    @contextlib.contextmanager
+    def _path_errors(self, path: str) -> Iterator[None]:
+        """Re-raise an OSError of an operation on box path ``path`` (normalized) as the
+        same kind of OSError naming that path and this box."""
+        try:
+            yield
+        except OSError as exc:
+            if exc.errno is None:
+                raise
+            raise OSError(exc.errno, f"{os.strerror(exc.errno)} (a path in box {self.name!r})",
+                          path) from None
+
     def read_bytes(self, path: str) -> bytes:
+        """The content of file ``path`` in the box; OSError (naming ``path``) if there is
+        none, or it is a directory."""
         fd = self._open(path, os.O_RDONLY)
-        with os.fdopen(fd, "rb") as f:
-            return f.read()
+        chunks: list[bytes] = []
+        try:
+            with self._path_errors(_box_path(path, "path")):  # a directory fails here
+                while chunk := os.read(fd, 1 << 20):
+                    chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks)
 
     def read_text(self, path: str, encoding: str = "utf-8") -> str:
         return self.read_bytes(path).decode(encoding, errors="replace")
 
     def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Create or replace file ``path`` in the box; OSError (naming ``path``) when its
+        directory is missing or it is a directory."""
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise SpecError("data", type(data).__name__, "not bytes", "b'text'", source="write_bytes")
         fd = self._open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        view = memoryview(data).cast("B")
+        try:
+            with self._path_errors(_box_path(path, "path")):  # e.g. ENOSPC, EFBIG
+                while view:
+                    view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
 
     def write_text(self, path: str, text: str, encoding: str = "utf-8", mode: int = 0o644) -> None:
         if not isinstance(text, str):
@@ -377,6 +414,8 @@ class Box:
         self.write_bytes(path, text.encode(encoding), mode)
 
     def exists(self, path: str) -> bool:
+        """Whether ``path`` exists in the box; OSError (naming ``path``) for other faults,
+        e.g. a symlink loop."""
         try:
             os.close(self._open(path, os.O_PATH))
         except (FileNotFoundError, NotADirectoryError):
@@ -384,9 +423,11 @@ class Box:
         return True
 
     def listdir(self, path: str = "/") -> list[str]:
+        """The sorted names in directory ``path`` of the box; OSError (naming ``path``)."""
         fd = self._open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            return sorted(os.listdir(fd))
+            with self._path_errors(_box_path(path, "path")):
+                return sorted(os.listdir(fd))
         finally:
             os.close(fd)
 

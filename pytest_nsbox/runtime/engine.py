@@ -5,6 +5,7 @@ Also the one place that decides whether this host can run boxes at all; its answ
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import os
 import secrets
@@ -68,7 +69,9 @@ class Host:
         """A file this process holds an exclusive flock on for as long as it lives.
 
         Each box records it: whoever can take the lock knows the box's owner is dead (its
-        kernel-held lock died with it), which is what ``gc`` asks.
+        kernel-held lock died with it), which is what ``gc`` asks. Its owner removes it at
+        a clean end: a pytest session at unconfigure, the command line when done, and any
+        other process (``Box`` used from a script) at interpreter exit (``atexit``).
         """
         with self._lock:
             if self._owner_fd < 0 or self._owner_pid != os.getpid():
@@ -78,6 +81,7 @@ class Host:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._owner_fd, self._owner_path, self._owner_pid = fd, path, os.getpid()
+                atexit.register(self._release_at_exit)
             return self._owner_path
 
     def release_owner_lock(self) -> None:
@@ -89,7 +93,21 @@ class Host:
                 except FileNotFoundError:
                     pass
                 os.close(self._owner_fd)
+                atexit.unregister(self._release_at_exit)
             self._owner_fd = -1
+
+    def _release_at_exit(self) -> None:
+        """At interpreter exit, for a process that never released its lock: first the
+        zygote goes, with every box this process left open (so no box outlives the lock
+        that marks it as owned), then the lock file."""
+        if self._owner_fd < 0 or self._owner_pid != os.getpid():
+            return
+        from .client import shutdown
+
+        try:
+            shutdown()
+        finally:
+            self.release_owner_lock()
 
     @property
     def store(self) -> ImageStore:

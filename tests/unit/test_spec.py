@@ -91,7 +91,7 @@ def test_every_key_parsed() -> None:
     ("image", "docker.io/library/alpine:3.19", "docker.io/library/alpine:3.19"),
     ("image", "oci:/tmp/img:latest", "oci:/tmp/img:latest"),
     ("memory", "64M", 64 * MiB),
-    ("memory", 1024, 1024),
+    ("memory", 6 * MiB, 6 * MiB),  # moby's linuxMinMemory, the least allowed
     ("memory", None, None),
     ("cpus", 0.5, 0.5),
     ("cpus", 2, 2.0),
