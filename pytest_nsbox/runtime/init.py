@@ -368,7 +368,7 @@ class _Init(ChildServer):
                 pass
             sock.close()
 
-    def handle(self, msg: protocol.Message, fds: list[int]) -> None:
+    def handle(self, msg: protocol.Message | protocol.Frame, fds: list[int]) -> None:
         """``Exec`` and ``Kill``; any other message is a ``ProtocolError`` (its fds are
         closed), which ends the box."""
         if isinstance(msg, Exec):

@@ -35,7 +35,7 @@ class ChildServer:
                     pass
                 self.reap()
             if self.ctl.fileno() in ready:
-                msg, fds = protocol.recv(self.ctl)
+                msg, fds = self.receive()
                 if msg is None:
                     return
                 self.handle(msg, fds)
@@ -50,7 +50,11 @@ class ChildServer:
                 return
             self.exited(pid, status)
 
-    def handle(self, msg: protocol.Message, fds: list[int]) -> None:
+    def receive(self) -> tuple[protocol.Message | protocol.Frame | None, list[int]]:
+        """The next request on the control socket, decoded (``(None, [])`` at EOF)."""
+        return protocol.recv(self.ctl)
+
+    def handle(self, msg: protocol.Message | protocol.Frame, fds: list[int]) -> None:
         """Act on one request; a kind this server has no handler for raises
         ``protocol.ProtocolError`` (``protocol.unexpected``), never dropped."""
         raise NotImplementedError

@@ -83,10 +83,14 @@ class Zygote(ChildServer):
             self.spare.sock.close()
             self.spare = None
 
-    def handle(self, msg: protocol.Message, fds: list[int]) -> None:
+    def receive(self) -> tuple[protocol.Message | protocol.Frame | None, list[int]]:
+        """Requests are only peeked: a ``CreateBox`` goes on to the spare as it came."""
+        return protocol.recv_frame(self.ctl)
+
+    def handle(self, msg: protocol.Message | protocol.Frame, fds: list[int]) -> None:
         """``CreateBox``: hand its plan and fd to the spare, answer ``BoxCreated`` with a
         pidfd (or ``CreateFailed``). Any other message is a ``ProtocolError``."""
-        if not isinstance(msg, protocol.CreateBox):
+        if not (isinstance(msg, protocol.Frame) and msg.kind == protocol.CreateBox.kind):
             for fd in fds:
                 os.close(fd)
             raise protocol.unexpected(msg, "the nsbox zygote")
@@ -96,7 +100,7 @@ class Zygote(ChildServer):
             self.spare = None
             pidfd = os.pidfd_open(spare.pid)
             try:
-                protocol.send(spare.sock, msg, [box_fd])
+                protocol.send_frame(spare.sock, msg, [box_fd])
             finally:
                 spare.sock.close()
         except OSError as exc:

@@ -141,6 +141,54 @@ def test_send_and_recv_carry_message_and_fds() -> None:
         os.close(w)
 
 
+def test_a_frame_is_forwarded_unchanged_and_decodes_on_the_far_side() -> None:
+    """The zygote peeks at a ``CreateBox`` (kind and fd count, as xdist's dispatch checks
+    an event's name first) and passes its bytes on; the spare decodes the plan once."""
+    owner, zygote_end = protocol.socketpair()
+    zygote_out, spare = protocol.socketpair()
+    r, w = os.pipe()
+    try:
+        msg = CreateBox(plan=a_plan())
+        protocol.send(owner, msg, [w])
+        frame, fds = protocol.recv_frame(zygote_end)
+        assert frame is not None and frame.kind == CreateBox.kind and len(fds) == 1
+        assert frame.data == protocol.encode(msg)
+        protocol.send_frame(zygote_out, frame, fds)
+        os.close(fds[0])
+        got, got_fds = protocol.recv(spare)
+        assert got == msg and len(got_fds) == 1
+        os.close(got_fds[0])
+        owner.close()
+        assert protocol.recv_frame(zygote_end) == (None, [])
+    finally:
+        for s in (zygote_end, zygote_out, spare):
+            s.close()
+        os.close(r)
+        os.close(w)
+
+
+@pytest.mark.parametrize("data, nfds, match", [
+    (b'{"kind": "bogus"}', 0, "unknown message kind 'bogus'"),
+    (b'[1]', 0, "unknown message kind None"),
+    (b'nope', 0, "not JSON"),
+    (b'{"kind": "create-box", "plan": {}}', 0, "came with 0 file descriptors, not 1"),
+])
+def test_a_frame_is_checked_for_kind_and_fds(data: bytes, nfds: int, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        protocol.peek(data, nfds)
+
+
+def test_send_frame_checks_the_fd_count() -> None:
+    a, b = protocol.socketpair()
+    try:
+        frame = protocol.peek(protocol.encode(Kill(pid=1, signal=9)), 0)
+        with pytest.raises(ProtocolError, match="carries 0 file descriptors, not 1"):
+            protocol.send_frame(a, frame, [0])
+    finally:
+        a.close()
+        b.close()
+
+
 def test_recv_closes_the_fds_of_a_bad_message() -> None:
     a, b = protocol.socketpair()
     r, w = os.pipe()
