@@ -32,7 +32,7 @@ import json
 import os
 import socket
 from dataclasses import dataclass
-from typing import Any, ClassVar, Union
+from typing import Any, Callable, ClassVar, TypeVar, Union
 
 from ..errors import BoxError
 from ..model.jsondata import DataError, from_json, to_json
@@ -239,17 +239,15 @@ def encode(msg: Message) -> bytes:
     return json.dumps(data, separators=(",", ":")).encode()
 
 
-def decode(data: bytes, nfds: int = 0) -> Message:
-    """The message in ``data``, which arrived with ``nfds`` descriptors. Raises
-    ``ProtocolError`` for bytes that are not a JSON object, an unknown kind, unknown or
-    missing fields, a value of the wrong type, or a descriptor count not the kind's."""
+def _kind_of(data: bytes, nfds: int) -> tuple[dict[str, Any], type[Message]]:
+    """The JSON object in ``data`` and its message class, checked against ``nfds``."""
     try:
         obj = json.loads(data)
     except ValueError as exc:
         raise ProtocolError(f"nsbox protocol: a message that is not JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(f"nsbox protocol: a message that is not an object: {obj!r:.80}")
-    kind = obj.pop("kind", None)
+    kind = obj.get("kind")
     cls = MESSAGES.get(kind) if isinstance(kind, str) else None
     if cls is None:
         raise ProtocolError(f"nsbox protocol: unknown message kind {kind!r} "
@@ -257,8 +255,17 @@ def decode(data: bytes, nfds: int = 0) -> Message:
     if nfds != cls.fds:
         raise ProtocolError(f"nsbox protocol: message {kind!r} came with {nfds} file "
                             f"descriptors, not {cls.fds}")
+    return obj, cls
+
+
+def decode(data: bytes, nfds: int = 0) -> Message:
+    """The message in ``data``, which arrived with ``nfds`` descriptors. Raises
+    ``ProtocolError`` for bytes that are not a JSON object, an unknown kind, unknown or
+    missing fields, a value of the wrong type, or a descriptor count not the kind's."""
+    obj, cls = _kind_of(data, nfds)
+    del obj["kind"]
     try:
-        return from_json(cls, obj, f"nsbox protocol: message {kind!r}")
+        return from_json(cls, obj, f"nsbox protocol: message {cls.kind!r}")
     except DataError as exc:
         raise ProtocolError(str(exc)) from None
 
@@ -299,17 +306,26 @@ def _recvmsg(sock: socket.socket) -> tuple[bytes, list[int]]:
     return data, list(fds)
 
 
-def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
-    """One message and its fds; ``(None, [])`` at EOF (the peer is gone). Raises
-    ``ProtocolError`` (see ``decode``); the fds that came with a bad message are closed."""
+T = TypeVar("T")
+
+
+def _received(sock: socket.socket, read: Callable[[bytes, int], T]) -> tuple[T | None, list[int]]:
+    """One message ``read`` from ``sock`` with its fds; ``(None, [])`` at EOF. The fds of
+    a message ``read`` refuses are closed."""
     data, fds = _recvmsg(sock)
     if not data:
         return None, []
     try:
-        return decode(data, len(fds)), fds
+        return read(data, len(fds)), fds
     except ProtocolError:
         _close(fds)
         raise
+
+
+def recv(sock: socket.socket) -> tuple[Message | None, list[int]]:
+    """One message and its fds; ``(None, [])`` at EOF (the peer is gone). Raises
+    ``ProtocolError`` (see ``decode``); the fds that came with a bad message are closed."""
+    return _received(sock, decode)
 
 
 @dataclass(frozen=True)
@@ -325,31 +341,13 @@ class Frame:
 def peek(data: bytes, nfds: int) -> Frame:
     """``data`` as a ``Frame``. Raises ``ProtocolError`` for bytes that are not a JSON
     object, an unknown kind, or a descriptor count not the kind's."""
-    try:
-        obj = json.loads(data)
-    except ValueError as exc:
-        raise ProtocolError(f"nsbox protocol: a message that is not JSON ({exc})") from None
-    kind = obj.get("kind") if isinstance(obj, dict) else None
-    cls = MESSAGES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
-        raise ProtocolError(f"nsbox protocol: unknown message kind {kind!r} "
-                            f"(known: {', '.join(MESSAGES)})")
-    if nfds != cls.fds:
-        raise ProtocolError(f"nsbox protocol: message {kind!r} came with {nfds} file "
-                            f"descriptors, not {cls.fds}")
+    _obj, cls = _kind_of(data, nfds)
     return Frame(cls.kind, bytes(data))
 
 
 def recv_frame(sock: socket.socket) -> tuple[Frame | None, list[int]]:
     """Like ``recv``, but the message is only ``peek``ed."""
-    data, fds = _recvmsg(sock)
-    if not data:
-        return None, []
-    try:
-        return peek(data, len(fds)), fds
-    except ProtocolError:
-        _close(fds)
-        raise
+    return _received(sock, peek)
 
 
 def send_frame(sock: socket.socket, frame: Frame, fds: list[int] | tuple[int, ...]) -> None:

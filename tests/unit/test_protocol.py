@@ -169,7 +169,7 @@ def test_a_frame_is_forwarded_unchanged_and_decodes_on_the_far_side() -> None:
 
 @pytest.mark.parametrize("data, nfds, match", [
     (b'{"kind": "bogus"}', 0, "unknown message kind 'bogus'"),
-    (b'[1]', 0, "unknown message kind None"),
+    (b'[1]', 0, "not an object"),
     (b'nope', 0, "not JSON"),
     (b'{"kind": "create-box", "plan": {}}', 0, "came with 0 file descriptors, not 1"),
 ])
