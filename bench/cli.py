@@ -244,10 +244,10 @@ class Bench:
         say(f"  {fig.shown} ({time.monotonic() - t0:.1f} s)")
 
     def run(self) -> None:
-        from pytest_nsbox.runtime.engine import default_host
+        from pytest_nsbox.runtime.engine import default_engine
 
         plan, ws, results = self.plan, self.ws, self.results
-        busybox = default_host().store.get("busybox").layer_dirs[0]
+        busybox = default_engine().store.get("busybox").layer_dirs[0]
         ws.build_layers(busybox)
         image = figures.register_image(f"{ws.tag}-busybox", ws.layers)
 

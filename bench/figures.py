@@ -39,13 +39,13 @@ def register_image(ref: str, layer_dirs: list[str]) -> str:
     takes): the layers are used in place, nothing is copied.
     """
     from pytest_nsbox.model.image import Image
-    from pytest_nsbox.runtime.engine import default_host
+    from pytest_nsbox.runtime.engine import default_engine
 
     ident = hashlib.sha256("\0".join([ref, *layer_dirs]).encode()).hexdigest()
     image = Image(ref=ref, id="sha256:" + ident,
                   layers=tuple(os.path.basename(d) for d in layer_dirs),
                   layer_dirs=tuple(layer_dirs), env={"PATH": PATH})
-    store = default_host().store
+    store = default_engine().store
     store.resolvers.append(lambda wanted: image if wanted == ref else None)
     return ref
 
@@ -63,15 +63,15 @@ def fill_layer(path: str, total: int, file_size: int = 64 << 10, per_dir: int = 
 
 
 def private_host(ws: Workspace) -> Any:
-    """A ``Host`` whose image store lives in the workspace (so nothing stays in the
+    """An ``Engine`` whose image store lives in the workspace (so nothing stays in the
     machine's store); boxes still go to the usual run directory and cgroups."""
-    from pytest_nsbox.runtime.engine import Host, default_host
+    from pytest_nsbox.runtime.engine import Engine, default_engine
     from pytest_nsbox.state import StateDirs
 
     host = getattr(ws, "_private_host", None)
     if host is None:
-        host = Host(dirs=StateDirs(store=os.path.join(ws.disk, "store"),
-                                   run=default_host().dirs.run))
+        host = Engine(dirs=StateDirs(store=os.path.join(ws.disk, "store"),
+                                   run=default_engine().dirs.run))
         ws._private_host = host  # type: ignore[attr-defined]
         ws.on_close(host.release_owner_lock)
     return host
@@ -87,7 +87,7 @@ def make_images(ws: Workspace, sizes: dict[str, int]) -> tuple[dict[str, str], A
     as a user's fixtures image would be; where the store cannot build yet, the layer
     directory is used in place through a resolver.
     """
-    from pytest_nsbox.runtime.engine import default_host
+    from pytest_nsbox.runtime.engine import default_engine
 
     folders = {}
     for label, size in sizes.items():
@@ -112,7 +112,7 @@ def make_images(ws: Workspace, sizes: dict[str, int]) -> tuple[dict[str, str], A
         why = first_line(exc)
     refs = {label: register_image(f"{ws.tag}-{slug}", [ws.layers[0], folder])
             for label, (slug, folder) in folders.items()}
-    return refs, default_host(), f"layer dirs used in place (the store could not build: {why})"
+    return refs, default_engine(), f"layer dirs used in place (the store could not build: {why})"
 
 
 def image_start(ws: Workspace, sizes: dict[str, int],
@@ -126,7 +126,7 @@ def image_start(ws: Workspace, sizes: dict[str, int],
     for r in range(rounds + 1):
         for label in (list(refs) if r % 2 == 0 else list(reversed(refs))):
             t0 = time.perf_counter()
-            box = Box(image=refs[label], memory="64M", pids=64, host=host)
+            box = Box(image=refs[label], memory="64M", pids=64, engine=host)
             elapsed = (time.perf_counter() - t0) * 1000
             box.close()
             if r:  # the first round warms the page cache for the image's top directories

@@ -310,18 +310,18 @@ def cmd_gc(args: argparse.Namespace, dirs: StateDirs) -> int:
 
 def cmd_images(args: argparse.Namespace, dirs: StateDirs) -> int:
     from .runtime import client
-    from .runtime import engine as host_mod
+    from .runtime import engine as engine_mod
 
     # RUN steps of a build run in boxes of this process, over this store.
-    host = host_mod.Host(dirs=dirs, cgroup_parent=args.cgroup_parent)
-    host_mod.configure(host)
-    store = host.store
+    engine = engine_mod.Engine(dirs=dirs, cgroup_parent=args.cgroup_parent)
+    engine_mod.configure(engine)
+    store = engine.store
     store.progress = lambda line: print(line, file=sys.stderr, flush=True)
     try:
         return _images(args, store)
     finally:
         client.shutdown()
-        host.release_owner_lock()
+        engine.release_owner_lock()
 
 
 def _images(args: argparse.Namespace, store: Any) -> int:

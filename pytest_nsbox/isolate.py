@@ -38,7 +38,7 @@ def command(item: pytest.Item) -> list[str]:
 
 def run_inside(box: Box, item: pytest.Item, timeout: float | None) -> None:
     """Run the item in ``box`` and turn the inner outcome into this test's outcome."""
-    if not box.image.host_root:
+    if not box.image.from_host_os:
         pytest.fail(f"{item.nodeid}: isolate=True runs this Python inside the box, so it needs "
                     f"the 'host' image; got image={box.spec.image!r}", pytrace=False)
     env = {"PYTHONDONTWRITEBYTECODE": "1", INNER_ENV: "1", "HOME": "/root",

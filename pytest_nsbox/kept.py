@@ -72,7 +72,9 @@ def image_for(store: ImageStore, box: BoxInfo) -> Image:
     return Image(ref=REF_PREFIX + box.id, id=str(recorded["id"]),
                  layers=(*layers, f"kept-{box.id}"), layer_dirs=(*dirs, box.upper),
                  env=dict(recorded.get("env") or {}), workdir=str(recorded.get("workdir") or "/"),
-                 host_root=bool(recorded.get("host_root")), config=recorded.get("config"),
+                 # records written before the rename name it host_root
+                 from_host_os=bool(recorded.get("from_host_os", recorded.get("host_root"))),
+                 config=recorded.get("config"),
                  store=store)
 
 
@@ -120,23 +122,23 @@ def reopened(dirs: StateDirs, box: BoxInfo, cgroup_parent: str | None = None) ->
     where its image is looked up again if its layer directories are gone. Raises
     ``KeptError``, or the ``SpecError``/``BoxError`` of a box that cannot start.
     """
-    from .runtime import engine as host_mod
+    from .runtime import engine as engine_mod
     from .runtime.box import Box
 
     entry = _entry(box)
     store_dir, rootdir = entry.get("store"), entry.get("rootdir")
     store_dir = store_dir if isinstance(store_dir, str) and store_dir else dirs.store
     rootdir = rootdir if isinstance(rootdir, str) and rootdir else None
-    host = host_mod.Host(dirs=StateDirs(store=store_dir, run=dirs.run),
-                         cgroup_parent=cgroup_parent, rootdir=rootdir)
-    image = image_for(host.store, box)
-    host.store.resolvers.append(lambda ref: image if ref == image.ref else None)
+    engine = engine_mod.Engine(dirs=StateDirs(store=store_dir, run=dirs.run),
+                               cgroup_parent=cgroup_parent, rootdir=rootdir)
+    image = image_for(engine.store, box)
+    engine.store.resolvers.append(lambda ref: image if ref == image.ref else None)
     spec = BoxSpec.from_kwargs(spec_keys(box), source=f"kept box {box.id}")
     try:
-        new = Box.from_spec(spec, host=host)
+        new = Box.from_spec(spec, engine=engine)
         try:
             yield new
         finally:
             new.close()
     finally:
-        host.release_owner_lock()
+        engine.release_owner_lock()

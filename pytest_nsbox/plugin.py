@@ -11,16 +11,23 @@ isolate).
 """
 from __future__ import annotations
 
-from collections.abc import Generator, Iterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
+
+import sys
 
 import pytest
 
 if TYPE_CHECKING:
+    from .errors import NsboxError
+    from .factory import BoxFactory
     from .runtime.box import Box
     from .model.spec import BoxSpec
 
 MARKER = "sandbox"
+SESSION_PLUGIN = "nsbox-session"
+T = TypeVar("T")
+P = ParamSpec("P")
 KEEP_CHOICES = ("never", "failed", "all")
 HELP_REQUIRE = ("fail, instead of skip, tests that need a box when this host cannot run "
                 "boxes (not Linux, not root, no overlayfs)")
@@ -43,7 +50,7 @@ HELP_BUILD_ARG = ("ARG value for Containerfile builds: KEY=VALUE (KEY alone take
 INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "timeout", "hostname", "user")
 
 spec_key = pytest.StashKey["BoxSpec | Exception"]()
-boxes_key = pytest.StashKey["list[Box]"]()
+factory_key = pytest.StashKey["BoxFactory"]()
 reports_key = pytest.StashKey["dict[str, pytest.TestReport]"]()
 
 
@@ -94,14 +101,20 @@ def pytest_configure(config: pytest.Config) -> None:
             config.issue_config_time_warning(NsboxDeprecationWarning(
                 f"ini {old} is deprecated (runc's \"state\" is the run directory; this is "
                 f"the image store): rename it to {new}"), stacklevel=2)
-    config.stash[_settings_key] = _Settings(config, keep)
+    session = NsboxSession(config, keep)
+    config.stash[_settings_key] = session
+    config.pluginmanager.register(session, SESSION_PLUGIN)
     from .runtime import client  # light: the zygote itself starts with the first box
 
     client.hold()  # released at unconfigure; the last session of the process closes it
 
 
-class _Settings:
-    """Options resolved once: CLI over ini over built-in defaults."""
+class NsboxSession:
+    """The session's nsbox state, registered as the plugin object ``nsbox-session`` (as
+    pytest's ``tmpdir.py`` registers its factory, pytest-xdist its ``DSession``): options
+    resolved once (CLI over ini over built-in defaults), the engine, the pool, each test's
+    box factory, and the one place our errors become pytest outcomes (``outcome_of``).
+    Its hooks: the kept boxes' summary, and the teardown at unconfigure."""
 
     def __init__(self, config: pytest.Config, keep: str) -> None:
         self.config = config
@@ -112,7 +125,7 @@ class _Settings:
         self.defaults = {key: config.getini(f"nsbox_{key}") for key in INI_DEFAULT_KEYS
                          if config.getini(f"nsbox_{key}")}
         self.kept: list[tuple[str, str]] = []
-        self._host: Any = None
+        self._engine: Any = None
         pool = str(config.getini("nsbox_pool") or "0").strip()
         if not pool.isdigit():
             raise pytest.UsageError(f"ini nsbox_pool={pool!r}: not a number of boxes; "
@@ -154,24 +167,24 @@ class _Settings:
         if self._pool is None and self.pool_size > 0:
             from .pool import Pool
 
-            self._pool = Pool(self.pool_size, self.host)
+            self._pool = Pool(self.pool_size, self.engine)
         return self._pool
 
     @property
-    def host(self) -> Any:
-        """The session's ``Host``, made at the first box (or image) the session asks for;
+    def engine(self) -> Any:
+        """The session's ``Engine``, made at the first box (or image) the session asks for;
         that is also when garbage of dead owners is collected (see ``_collect_garbage``)."""
-        if self._host is None:
-            from .runtime import engine as host_mod
+        if self._engine is None:
+            from .runtime import engine as engine_mod
             from .state import StateDirs
 
             ini = self.config.getini
             store_dir = ini("nsbox_store_dir") or ini("nsbox_state_dir")  # the old name
             dirs = StateDirs.default(store=store_dir or None,
                                      run=ini("nsbox_run_dir") or None)
-            self._host = host_mod.Host(dirs=dirs, rootdir=str(self.config.rootpath),
-                                       cgroup_parent=ini("nsbox_cgroup_parent") or None)
-            store = self._host.store
+            self._engine = engine_mod.Engine(dirs=dirs, rootdir=str(self.config.rootpath),
+                                             cgroup_parent=ini("nsbox_cgroup_parent") or None)
+            store = self._engine.store
             store.images_dir = str(self.config.rootpath / (ini("nsbox_images_dir")
                                                            or "fixtures_images"))
             store.rootdir = str(self.config.rootpath)
@@ -180,11 +193,92 @@ class _Settings:
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             store.progress = reporter.write_line if reporter is not None else None
             hook = self.config.hook
-            self._host.store.resolvers.append(
+            self._engine.store.resolvers.append(
                 lambda ref: hook.pytest_nsbox_resolve_image(ref=ref))
-            host_mod.configure(self._host)
+            engine_mod.configure(self._engine)
             self._collect_garbage()
-        return self._host
+        return self._engine
+
+    def factory(self, item: pytest.Item) -> BoxFactory:
+        """The test's box factory (one per test, shared by ``nsbox``, ``nsbox_factory``
+        and isolate), told of the test's hooks and pool."""
+        found = item.stash.get(factory_key, None)
+        if found is None:
+            from . import isolate
+            from .factory import BoxFactory
+
+            self.register(_BoxReports)  # before this test's first report is made
+            hook = item.config.hook
+            pool = self.pool if self.pool_size > 0 else None
+            found = BoxFactory(
+                group=item.nodeid, label=item.name, base_spec=lambda: _item_spec(item),
+                engine=lambda: self.engine,
+                adjust=lambda spec: hook.pytest_nsbox_box_spec(spec=spec, item=item),
+                started=lambda box: hook.pytest_nsbox_box_started(box=box),
+                finished=lambda box, outcome: hook.pytest_nsbox_box_finished(
+                    box=box, outcome=outcome),
+                pooled=(lambda: pool.take(item.nodeid)) if pool is not None else None,
+                inside_box=isolate.inner())
+            item.stash[factory_key] = found
+        return found
+
+    def outcome_of(self, item: pytest.Item, fn: Callable[P, T], /, *args: P.args,
+                   **kwargs: P.kwargs) -> T:
+        """``fn(*args, **kwargs)``, with our errors turned into ``item``'s outcome
+        (``as_outcome``)."""
+        from .errors import NsboxError
+
+        try:
+            return fn(*args, **kwargs)
+        except NsboxError as exc:
+            error = exc
+        self.as_outcome(item, error)  # outside the except: shown once, not chained
+
+    def as_outcome(self, item: pytest.Item, error: NsboxError | Exception) -> NoReturn:
+        """The one place our errors become pytest's: a host that cannot run boxes skips
+        the test with its one fix-it line (fails it under ``--nsbox-require``), reported
+        at the test's own file and line as a ``skipif`` is (``skip.Exception(...,
+        _use_item_location=True)``, which ``_pytest/reports.py``
+        ``TestReport.from_item_and_call`` turns into the item's location); a bad spec, a
+        broken image and a box asked for inside an isolated box fail it with one line
+        naming the test; anything else (a box that failed to start, a ``TeardownError``)
+        is raised as it is, with its traceback."""
+        from .errors import HostNotSupported, ImageError, NestedBoxError, SpecError
+
+        if isinstance(error, HostNotSupported):
+            reason = f"nsbox: {error}"
+            if self.require:
+                _fail(f"{reason} (--nsbox-require is set)")
+            raise pytest.skip.Exception(reason, _use_item_location=True)
+        if isinstance(error, (SpecError, ImageError, NestedBoxError)):
+            _fail(f"{item.nodeid}: {error}")
+        raise error
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.kept:
+            return
+        terminalreporter.section("nsbox kept boxes")
+        for nodeid, path in self.kept:
+            terminalreporter.write_line(f"{nodeid}: read-write layer kept at {path}")
+
+    def pytest_unconfigure(self) -> None:
+        """Tear down what the session made: the warm pool's unused boxes, then (when this
+        is the last session of the process holding it) the zygote, waited for, with every
+        spare and box it started; then the owner lock. The session is over by then, so a
+        pool box whose teardown failed is told on stderr (``gc`` removes what is left)."""
+        from .errors import TeardownError
+
+        try:
+            if self._pool is not None:
+                self._pool.close()
+        except TeardownError as exc:
+            sys.stderr.write(f"nsbox: {exc}\n")
+        finally:
+            from .runtime import client
+
+            client.release()
+            if self._engine is not None:
+                self._engine.release_owner_lock()
 
     def _collect_garbage(self) -> None:
         """What crashed runs left behind (dead owners' boxes, cgroups, networks), once per
@@ -205,15 +299,15 @@ class _Settings:
         from .sweep import collect_at_session_start
 
         capture = self.config.pluginmanager.get_plugin("capturemanager")
-        host = self._host
+        engine = self._engine
         if capture is None:
-            collect_at_session_start(host.dirs, host.cgroup_parent)
+            collect_at_session_start(engine.dirs, engine.cgroup_parent)
             return
         with capture.global_and_fixture_disabled():
-            collect_at_session_start(host.dirs, host.cgroup_parent)
+            collect_at_session_start(engine.dirs, engine.cgroup_parent)
 
 
-_settings_key = pytest.StashKey[_Settings]()
+_settings_key = pytest.StashKey[NsboxSession]()
 
 
 def _marker_kwargs(item: pytest.Item) -> list[dict[str, Any]] | None:
@@ -283,13 +377,8 @@ class _SpecErrors(_PerTest):
         """A marker's spec was validated at collection and its error stashed: fail the
         test now, whether or not it uses a box."""
         found = item.stash.get(spec_key, None)
-        if not isinstance(found, Exception):
-            return
-        from .errors import SpecError
-
-        if isinstance(found, SpecError):
-            pytest.fail(f"{item.nodeid}: {found}", pytrace=False)
-        raise found
+        if isinstance(found, Exception):
+            item.config.stash[_settings_key].as_outcome(item, found)
 
 
 class _Isolation(_PerTest):
@@ -304,9 +393,11 @@ class _Isolation(_PerTest):
 
         if isolate.inner():
             return None
-        spec = _item_spec(pyfuncitem)
-        factory = BoxFactory(pyfuncitem)
-        box = factory(name=f"isolated-{pyfuncitem.name}"[:63].replace("[", "-").replace("]", ""))
+        session = pyfuncitem.config.stash[_settings_key]
+        spec = session.outcome_of(pyfuncitem, _item_spec, pyfuncitem)
+        box = session.outcome_of(
+            pyfuncitem, session.factory(pyfuncitem),
+            name=f"isolated-{pyfuncitem.name}"[:63].replace("[", "-").replace("]", ""))
         try:
             isolate.run_inside(box, pyfuncitem, spec.timeout)
         finally:
@@ -336,7 +427,7 @@ class _Prefetch(_PerTest):
                 _prefetch(future, settings)
 
 
-def _prefetch(item: pytest.Item, settings: _Settings) -> None:
+def _prefetch(item: pytest.Item, settings: NsboxSession) -> None:
     from .errors import NsboxError
     from .runtime.engine import check_host
 
@@ -357,9 +448,10 @@ class _BoxReports(_PerTest):
         """Record the reports of tests with boxes (their outcome decides ``--nsbox-keep``),
         and add the boxes' commands to the report of a failed setup or call."""
         report = yield
-        boxes = item.stash.get(boxes_key, None)
-        if boxes is None:  # no box factory in this test
+        factory = item.stash.get(factory_key, None)
+        if factory is None:  # no box factory in this test
             return report
+        boxes = factory.boxes
         item.stash.setdefault(reports_key, {})[report.when] = report
         if boxes and report.failed and report.when in ("setup", "call"):
             from .report import box_section
@@ -378,78 +470,34 @@ def _outcome(item: pytest.Item) -> str:
     return "passed"
 
 
-class BoxFactory:
-    """``nsbox_factory(**keys, name=None)``: more boxes for this test, all torn down with it."""
+class NsboxFactory:
+    """``nsbox_factory(name=None, **keys) -> Box``: more boxes for this test, all torn
+    down with it. The pytest face of ``factory.BoxFactory``: its errors become this
+    test's fail or skip (``NsboxSession.outcome_of``)."""
 
     def __init__(self, item: pytest.Item) -> None:
         self.item = item
-        self.settings = item.config.stash[_settings_key]
-        self.boxes: list[Box] = item.stash.setdefault(boxes_key, [])
-        self.settings.register(_BoxReports)  # before this test's first report is made
+        self.session = item.config.stash[_settings_key]
+        self.factory = self.session.factory(item)
 
-    def base_spec(self) -> BoxSpec:
-        from .errors import SpecError
-
-        try:
-            return _item_spec(self.item)
-        except SpecError as exc:
-            _fail(f"{self.item.nodeid}: {exc}")
+    @property
+    def boxes(self) -> list[Box]:
+        return self.factory.boxes
 
     def __call__(self, name: str | None = None, **keys: Any) -> Box:
-        from . import isolate
-        from .errors import ImageError, SpecError
-        from .runtime.box import Box
-        from .model.spec import BoxSpec
-
-        if isolate.inner():
-            pytest.fail(f"{self.item.nodeid}: this test already runs inside a box (isolate); "
-                        f"boxes cannot be made from inside one", pytrace=False)
-        base = self.base_spec()
-        if not keys and name is None and not self.boxes and self.settings.pool_size > 0:
-            pooled: Box | None = self.settings.pool.take(self.item.nodeid)
-            if pooled is not None:
-                self.boxes.append(pooled)
-                self.item.config.hook.pytest_nsbox_box_started(box=pooled)
-                return pooled
-        _require_host(self.settings.require)
-        if name is not None:
-            keys["name"] = name
-        try:
-            spec = BoxSpec.from_kwargs({**base.to_kwargs(), **keys}, source="nsbox_factory")
-        except SpecError as exc:
-            _fail(f"{self.item.nodeid}: {exc}")
-        self.item.config.hook.pytest_nsbox_box_spec(spec=spec, item=self.item)
-        try:
-            spec = spec.validate()
-        except SpecError as exc:
-            _fail(f"{self.item.nodeid}: after pytest_nsbox_box_spec: {exc}")
-        label = self.item.name if not self.boxes else f"{self.item.name}-{len(self.boxes)}"
-        try:
-            box = Box.from_spec(spec, host=self.settings.host, label=label,
-                                group=self.item.nodeid)
-        except (ImageError, SpecError) as exc:  # a broken Containerfile or pull, more cpus
-            _fail(f"{self.item.nodeid}: {exc}")  # than the host has: one line, no traceback
-        self.boxes.append(box)
-        self.item.config.hook.pytest_nsbox_box_started(box=box)
-        return box
+        return self.session.outcome_of(self.item, self.factory, name, **keys)
 
     def close_all(self) -> None:
+        """Close every box of the test (``--nsbox-keep`` decides on its outcome); one
+        ``TeardownError`` holds every box's failures."""
         outcome = _outcome(self.item)
-        keep = self.settings.keep == "all" or (self.settings.keep == "failed"
-                                               and outcome == "failed")
-        errors = []
-        for box in reversed(self.boxes):
-            try:
-                self.item.config.hook.pytest_nsbox_box_finished(box=box, outcome=outcome)
-            finally:
-                try:
-                    box.close(keep=keep)
-                except Exception as exc:
-                    errors.append(exc)
-            if box.kept_at:
-                self.settings.kept.append((self.item.nodeid, box.kept_at))
-        if errors:
-            raise errors[0]
+        keep = self.session.keep == "all" or (self.session.keep == "failed"
+                                              and outcome == "failed")
+        try:
+            self.factory.close_all(outcome, keep=keep)
+        finally:
+            self.session.kept.extend((self.item.nodeid, path) for path in self.factory.kept)
+            self.factory.kept.clear()
 
 
 def _fail(message: str) -> NoReturn:
@@ -460,40 +508,16 @@ def _fail(message: str) -> NoReturn:
     raise pytest.fail.Exception(message, pytrace=False) from None
 
 
-def _require_host(require: bool) -> None:
-    """Return when this host can run boxes; else skip the test, or fail it under
-    ``--nsbox-require``, with the host's one fix-it line.
-
-    The skip is reported at the test's own file and line, as pytest reports a
-    ``skipif`` marker (``skip.Exception(..., _use_item_location=True)``, which
-    ``_pytest/reports.py`` ``TestReport.from_item_and_call`` turns into the item's
-    location), whether the box is asked for in a fixture or in the test body. Both
-    outcomes are raised outside the ``except`` block, so the reason is shown once and
-    not as "during handling of the above exception".
-    """
-    from .errors import HostNotSupported
-    from .runtime.engine import check_host
-
-    try:
-        check_host()
-        return
-    except HostNotSupported as exc:
-        reason = f"nsbox: {exc}"
-    if require:
-        pytest.fail(f"{reason} (--nsbox-require is set)", pytrace=False)
-    raise pytest.skip.Exception(reason, _use_item_location=True)
-
-
 @pytest.fixture
-def nsbox_factory(request: pytest.FixtureRequest) -> Iterator[BoxFactory]:
+def nsbox_factory(request: pytest.FixtureRequest) -> Iterator[NsboxFactory]:
     """Make boxes configured like the test's marker, with overrides; all die with the test."""
-    factory = BoxFactory(request.node)
+    factory = NsboxFactory(request.node)
     yield factory
     factory.close_all()
 
 
 @pytest.fixture
-def nsbox(nsbox_factory: BoxFactory) -> Box:
+def nsbox(nsbox_factory: NsboxFactory) -> Box:
     """A running box for this test, configured by its ``sandbox`` marker."""
     return nsbox_factory()
 
@@ -501,53 +525,26 @@ def nsbox(nsbox_factory: BoxFactory) -> Box:
 class Images:
     """The session's view of the image store (``nsbox_images`` fixture)."""
 
-    def __init__(self, settings: _Settings) -> None:
+    def __init__(self, settings: NsboxSession) -> None:
         self.settings = settings
 
     def get(self, ref: str) -> Any:
-        return self.settings.host.store.get(ref)
+        return self.settings.engine.store.get(ref)
 
     def build(self, path_or_name: Any, build_args: dict[str, str] | None = None,
               target: str | None = None) -> Any:
         """Build a fixtures image by name, or a Containerfile (a file or its folder);
         ``build_args`` (ARG values) go over ``--nsbox-build-arg``/ini ``nsbox_build_args``;
         ``target`` picks the stage (default: the last)."""
-        return self.settings.host.store.build(path_or_name, build_args=build_args,
+        return self.settings.engine.store.build(path_or_name, build_args=build_args,
                                               target=target)
 
     def load(self, path: Any) -> Any:
         """Import a ``docker save`` tar, an OCI layout or an OCI archive."""
-        return self.settings.host.store.load(path)
+        return self.settings.engine.store.load(path)
 
 
 @pytest.fixture(scope="session")
 def nsbox_images(pytestconfig: pytest.Config) -> Images:
     """The image store shared by this session (and by every pytest process on the host)."""
     return Images(pytestconfig.stash[_settings_key])
-
-
-def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    settings = config.stash.get(_settings_key, None)
-    if settings is None or not settings.kept:
-        return
-    terminalreporter.section("nsbox kept boxes")
-    for nodeid, path in settings.kept:
-        terminalreporter.write_line(f"{nodeid}: read-write layer kept at {path}")
-
-
-def pytest_unconfigure(config: pytest.Config) -> None:
-    """Tear down what the session made: the warm pool's unused boxes, then (when this is
-    the last session of the process holding it) the zygote, waited for, with every spare
-    and box it started; then the owner lock."""
-    settings = config.stash.get(_settings_key, None)
-    if settings is None:
-        return
-    try:
-        if settings._pool is not None:
-            settings._pool.close()
-    finally:
-        from .runtime import client
-
-        client.release()
-        if settings._host is not None:
-            settings._host.release_owner_lock()

@@ -19,16 +19,16 @@ from .lifecycle import Undo
 
 if TYPE_CHECKING:
     from .runtime.box import Box
-    from .runtime.engine import Host
+    from .runtime.engine import Engine
     from .model.spec import BoxSpec
 
 TAKE_TIMEOUT = 60.0
 
 
 class Pool:
-    def __init__(self, size: int, host: Host) -> None:
+    def __init__(self, size: int, engine: Engine) -> None:
         self.size = size
-        self.host = host
+        self.engine = engine
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nsbox-pool")
         self._pending: dict[str, tuple[BoxSpec, Future[Box]]] = {}
         self._lock = threading.Lock()
@@ -48,7 +48,7 @@ class Pool:
         with self._lock:
             if nodeid in self._pending or len(self._pending) >= self.size:
                 return
-            future = self._executor.submit(Box.from_spec, spec, host=self.host, label=label,
+            future = self._executor.submit(Box.from_spec, spec, engine=self.engine, label=label,
                                            group=nodeid)
             self._pending[nodeid] = (spec, future)
             self._undo.callback(self._discard, nodeid, future)

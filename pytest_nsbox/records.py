@@ -155,7 +155,7 @@ def kept_entry(*, label: str, rootdir: str | None, store: str, image: Image, spe
         "store": store,
         "image": {"ref": image.ref, "id": image.id, "layers": list(image.layers),
                   "layer_dirs": list(image.layer_dirs), "env": dict(image.env),
-                  "workdir": image.workdir, "host_root": image.host_root,
+                  "workdir": image.workdir, "from_host_os": image.from_host_os,
                   "config": image.config},
         "spec": {"image": spec.image, "hostname": hostname, "env": dict(spec.env),
                  "user": spec.user,

@@ -69,6 +69,6 @@ def user_xattrs(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def run_dir() -> str:
-    from pytest_nsbox.runtime.engine import default_host
+    from pytest_nsbox.runtime.engine import default_engine
 
-    return default_host().dirs.boxes
+    return default_engine().dirs.boxes

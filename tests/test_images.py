@@ -3,7 +3,7 @@ docker-archive export checked by real tools (skopeo, umoci), imports of what rea
 made, safe unpacking, xdist workers sharing one build, and the store's list/rm/prune.
 
 Most tests use a store of their own in a temporary directory (a "fresh" store: nothing
-cached from earlier runs) and run boxes from it through a ``Host`` holding that store.
+cached from earlier runs) and run boxes from it through an ``Engine`` holding that store.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from pytest_nsbox.errors import ImageError
 from pytest_nsbox import image_commands as image_commands
 from pytest_nsbox.runtime.commit import commit_box
 from pytest_nsbox.images.store import ImageStore
-from pytest_nsbox.runtime.engine import Host, check_host, default_host
+from pytest_nsbox.runtime.engine import Engine, check_host, default_engine
 from pytest_nsbox.state import StateDirs
 
 REPO = Path(pytest_nsbox.__file__).resolve().parent.parent
@@ -50,19 +50,19 @@ needs_tools = pytest.mark.skipif(not (shutil.which("skopeo") and shutil.which("u
 
 
 class Fresh:
-    """An image store of its own, and a Host whose boxes use it."""
+    """An image store of its own, and an Engine whose boxes use it."""
 
     def __init__(self, root: Path) -> None:
-        self.dirs = StateDirs(store=str(root / "store"), run=default_host().dirs.run)
+        self.dirs = StateDirs(store=str(root / "store"), run=default_engine().dirs.run)
         self.store = ImageStore(self.dirs)
         self.store.images_dir = str(root / "fixtures_images")
         self.lines: list[str] = []
         self.store.progress = self.lines.append
-        self.host = Host(dirs=self.dirs, _store=self.store)
-        self.store._host_obj = self.host
+        self.host = Engine(dirs=self.dirs, _store=self.store)
+        self.store._engine = self.host
 
     def box(self, image: str, **keys: object) -> Box:
-        return Box(image=image, host=self.host, **keys)
+        return Box(image=image, engine=self.host, **keys)
 
     def image_dir(self, name: str, containerfile: str, **files: str) -> Path:
         folder = Path(self.store.images_dir or "") / name
@@ -233,7 +233,7 @@ def test_host_based_fixture_image_installs_a_python_tool(tmp_path: Path) -> None
     try:
         f.store.images_dir = str(REPO / "fixtures_images")
         image = f.store.get("pytool")
-        assert image.host_root
+        assert image.from_host_os
         # Layers of host-based images live in the run directory (tmpfs), never on the host
         # root's filesystem: overlayfs refuses those as "overlapping" lower layers.
         root_dev = os.stat("/").st_dev
@@ -245,7 +245,7 @@ def test_host_based_fixture_image_installs_a_python_tool(tmp_path: Path) -> None
                 "hello, nsbox", "hello, box", "/usr/local/bin/greet", "/srv"]
             assert not box.exists("/src/greet/build")
             committed = commit_box(box)
-            assert committed.host_root
+            assert committed.from_host_os
         with pytest.raises(ImageError, match="based on 'host'.*cannot be saved"):
             committed.save(str(tmp_path / "x"), "oci")
     finally:

@@ -23,7 +23,7 @@ from pytest_nsbox import Box, BoxClosed, BoxError
 from pytest_nsbox.network import PortRefused, PortTimeout, active, collect_garbage
 from pytest_nsbox.network import netns as nsb_netns
 from pytest_nsbox.network.leases import POOL, Leases, owner_alive
-from pytest_nsbox.runtime.engine import default_host
+from pytest_nsbox.runtime.engine import default_engine
 from pytest_nsbox.state import StateDirs
 
 pytestmark = pytest.mark.sandbox(image="busybox", network="private")
@@ -41,7 +41,7 @@ def host_network() -> dict[str, str]:
 
 def others_switches() -> set[str]:
     """Switch namespaces leased by other live processes (xdist workers, other runs)."""
-    return {x.netns for x in Leases(default_host().dirs.run).held()
+    return {x.netns for x in Leases(default_engine().dirs.run).held()
             if x.owner_pid != os.getpid() and owner_alive(x.owner_lock)}
 
 
@@ -52,7 +52,7 @@ def host_network_untouched() -> Iterator[None]:
     yield
     assert host_network() == before, "the host's own network namespace changed"
     assert active() == [], "networks of this process still alive"
-    assert [x for x in Leases(default_host().dirs.run).held()
+    assert [x for x in Leases(default_engine().dirs.run).held()
             if x.owner_pid == os.getpid()] == [], "leases of this process left"
     others = others_switches()
     left = set(nsb_netns.list_named()) - named_before - others
@@ -105,7 +105,7 @@ def test_the_switch_lives_until_the_last_box_leaves(nsbox_factory):
     assert os.path.exists(f"/run/netns/{switch}")
     second.close()
     assert not os.path.exists(f"/run/netns/{switch}")
-    assert subnet not in [x.subnet for x in Leases(default_host().dirs.run).held()
+    assert subnet not in [x.subnet for x in Leases(default_engine().dirs.run).held()
                           if x.owner_pid == os.getpid()]
 
 

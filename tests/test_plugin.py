@@ -143,8 +143,8 @@ def test_resolve_image_hook_supplies_unknown_refs(pytester):
     pytester.makeconftest("""
         def pytest_nsbox_resolve_image(ref):
             if ref == "my-busybox":
-                from pytest_nsbox.runtime.engine import default_host
-                return default_host().store.get("busybox")
+                from pytest_nsbox.runtime.engine import default_engine
+                return default_engine().store.get("busybox")
     """)
     pytester.makepyfile("""
         import pytest

@@ -411,7 +411,7 @@ class Builder:
 
     def _start(self, state: StageState, base: Image) -> None:
         """A stage from an image: its layers, config, environment and user."""
-        state.host = base.host_root
+        state.host = base.from_host_os
         state.ids = own_layers(base)
         state.history = base_history(base)
         state.chain = _key("base", self.store.host_fingerprint() if state.host
@@ -756,7 +756,7 @@ class Builder:
                 os.chmod(pipes, 0o755)
                 keys["binds"] = {pipes: f"{HEREDOC_DIR}:ro"}
             spec = BoxSpec.from_kwargs(keys, source="RUN")
-            box = Box.from_spec(spec, host=box_host(store), label=f"build-{self.name}")
+            box = Box.from_spec(spec, engine=engine_for_store(store), label=f"build-{self.name}")
             try:
                 result = box.run(argv, timeout=store.run_timeout, cwd=state.workdir,
                                  user=state.user or None, env=proxies or None)
@@ -848,13 +848,13 @@ def _short(text: str, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
-def box_host(store: ImageStore) -> Any:
-    """The ``Host`` whose boxes use ``store`` (the configured one when it does)."""
-    from ..runtime.engine import Host, default_host
+def engine_for_store(store: ImageStore) -> Any:
+    """The ``Engine`` whose boxes use ``store`` (the configured one when it does)."""
+    from ..runtime.engine import Engine, default_engine
 
-    host = default_host()
-    if host.store is store:
-        return host
-    if store._host_obj is None:
-        store._host_obj = Host(dirs=store.dirs, rootdir=store.rootdir, _store=store)
-    return store._host_obj
+    engine = default_engine()
+    if engine.store is store:
+        return engine
+    if store._engine is None:
+        store._engine = Engine(dirs=store.dirs, rootdir=store.rootdir, _store=store)
+    return store._engine

@@ -502,7 +502,7 @@ def save(image: Image, path: str, format: str = "oci", tag: str | None = None) -
     if format not in ("oci", "docker-archive"):
         raise ImageError(f"save(format={format!r}): use 'oci' (a layout directory) or "
                          f"'docker-archive' (a docker save tar)")
-    if image.host_root:
+    if image.from_host_os:
         raise ImageError(f"image {image.ref!r} is based on 'host': its bottom layer is this "
                          f"machine's own /, which cannot be saved; base the image on busybox, "
                          f"scratch or an imported image to save it")

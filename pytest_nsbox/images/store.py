@@ -109,7 +109,7 @@ class ImageStore:
         self.last_pull: dict[str, Any] = {}  # what the last pull downloaded (for tests, CLI)
         self._cache: dict[str, Image] = {}
         self._building: list[str] = []
-        self._host_obj: Any = None
+        self._engine: Any = None
         # Asked in order for references the store does not know (the plugin adds the
         # ``pytest_nsbox_resolve_image`` hook here).
         self.resolvers: list[Callable[[str], Image | None]] = []
@@ -222,7 +222,7 @@ class ImageStore:
         # layer below another lower layer of the same filesystem ("overlapping lowerdir").
         layer = self.layer(key, lambda d: builtin.build_host_mask(d, masked), volatile=True)
         return Image(ref="host", id="sha256:" + key, layers=("host", key),
-                     layer_dirs=("/", self.short_dir(layer)), host_root=True, store=self,
+                     layer_dirs=("/", self.short_dir(layer)), from_host_os=True, store=self,
                      env={"PATH": DEFAULT_PATH})
 
     def host_fingerprint(self) -> str:
@@ -455,7 +455,7 @@ class ImageStore:
                              f"commands with &&) or a shorter store directory")
         return Image(ref=ref, id=image_id, layers=tuple(layer_ids), layer_dirs=tuple(dirs),
                      env=env, workdir=conf.get("WorkingDir") or "/",
-                     labels=dict(conf.get("Labels") or {}), host_root=base == "host",
+                     labels=dict(conf.get("Labels") or {}), from_host_os=base == "host",
                      history=tuple(config.get("history") or ()), config=config, store=self)
 
     def _stored_layer(self, lid: str) -> str:
@@ -625,14 +625,14 @@ class ImageStore:
 
 def own_layers(image: Image) -> list[str]:
     """The layers an image records itself: all of them, or those above ``host``'s two."""
-    return list(image.layers[2:] if image.host_root else image.layers)
+    return list(image.layers[2:] if image.from_host_os else image.layers)
 
 
 def base_history(image: Image) -> list[dict[str, Any]]:
     """The history of ``image`` to start a new one from (one entry per layer it records)."""
     if image.config is not None:
         return [dict(h) for h in image.history]
-    if image.host_root:
+    if image.from_host_os:
         return []
     return [{"created": "1970-01-01T00:00:00Z", "created_by": f"nsbox built-in {image.ref}"}
             for _ in image.layers]

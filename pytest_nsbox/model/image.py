@@ -9,7 +9,7 @@ from typing import Any
 class Image:
     """An image in the store. ``layers`` are layer ids bottom first (CONTRACT.md).
 
-    ``layer_dirs`` are the host directories overlayfs stacks, bottom first. ``host_root``
+    ``layer_dirs`` are the host directories overlayfs stacks, bottom first. ``from_host_os``
     marks images based on the built-in ``host`` image, whose bottom layer is the host's own
     ``/``: a box of it also gets the pytest rootdir and the running Python bound in
     read-only. ``config`` is the image's OCI configuration (``None`` for the built-ins),
@@ -23,7 +23,7 @@ class Image:
     env: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     workdir: str = "/"
     labels: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
-    host_root: bool = False
+    from_host_os: bool = False
     history: tuple[dict[str, Any], ...] = field(default=(), hash=False, compare=False)
     config: dict[str, Any] | None = field(default=None, hash=False, compare=False, repr=False)
     store: Any = field(default=None, hash=False, compare=False, repr=False)

@@ -3,7 +3,7 @@
 The pool 10.213.0.0/16 is carved into /24s. Taking one writes a lease, a JSON file in
 ``<run dir>/network/leases/``, while holding ``<run dir>/network/leases.lock`` (filelock),
 so concurrent pytest processes and xdist workers never pick the same subnet. A lease names
-its switch namespace and its owner's lock file (``Host.owner_lock()``, flock'd by the
+its switch namespace and its owner's lock file (``Engine.owner_lock()``, flock'd by the
 owning process for as long as it lives): a lease whose owner lock can be taken, or is gone,
 belongs to a dead process. Such a stale lease is reclaimed (its switch namespace removed)
 by the next allocation, or by ``collect_garbage``.

@@ -10,7 +10,7 @@ def collect_garbage(dirs: StateDirs, dry_run: bool = False) -> list[str]:
 
     Returns one line per thing removed (``removed network namespace nsbox-net-...``,
     ``removed lease of subnet ...``), or that would be with ``dry_run``. A lease's owner is
-    dead when its owner lock (``Host.owner_lock()``) can be taken or is gone. Namespaces
+    dead when its owner lock (``Engine.owner_lock()``) can be taken or is gone. Namespaces
     named ``nsbox-*`` without a lease in ``dirs`` are left alone: they may belong to a
     pytest that uses another run directory.
     """

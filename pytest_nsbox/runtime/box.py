@@ -36,7 +36,7 @@ from ..kernel import caps, libc
 from . import protocol
 from ..model import users
 from .client import zygote
-from .engine import Host, check_host, default_host
+from .engine import Engine, check_host, default_engine
 from .process import Process
 from ..model.results import Change, RunResult
 
@@ -48,7 +48,7 @@ class Box:
     """A running box; see CONTRACT.md. Use as a context manager or call ``close()``."""
 
     def __init__(self, image: str | None = None, *, name: str | None = None,
-                 host: Host | None = None, group: object = None, **keys: Any) -> None:
+                 engine: Engine | None = None, group: object = None, **keys: Any) -> None:
         kwargs = dict(keys)
         if image is not None:
             kwargs["image"] = image
@@ -56,10 +56,10 @@ class Box:
             kwargs["name"] = name
         spec = BoxSpec.from_kwargs(kwargs, source="Box")
         check_cpus_available(spec.cpus, available_cpus(), "Box")
-        self._setup(spec, host or default_host(), group=group)
+        self._setup(spec, engine or default_engine(), group=group)
 
     @classmethod
-    def from_spec(cls, spec: BoxSpec, *, host: Host | None = None, label: str | None = None,
+    def from_spec(cls, spec: BoxSpec, *, engine: Engine | None = None, label: str | None = None,
                   group: object = None) -> Box:
         """Start a box from an already validated spec (the fixtures' path).
 
@@ -69,11 +69,11 @@ class Box:
         """
         check_cpus_available(spec.cpus, available_cpus(), "spec")
         box = cls.__new__(cls)
-        box._setup(spec, host or default_host(), label=label, group=group)
+        box._setup(spec, engine or default_engine(), label=label, group=group)
         return box
 
     # -- lifecycle -------------------------------------------------------------------
-    def _setup(self, spec: BoxSpec, host: Host, label: str | None = None,
+    def _setup(self, spec: BoxSpec, engine: Engine, label: str | None = None,
                group: object = None) -> None:
         check_host()
         self.spec = spec
@@ -86,7 +86,7 @@ class Box:
         self.history: list[RunResult] = []
         self.final_stats: Stats | None = None
         self.kept_at: str | None = None
-        self._host = host
+        self._engine = engine
         self._closed = False
         self._close_lock = threading.Lock()
         self._processes: list[Process] = []
@@ -97,10 +97,10 @@ class Box:
         # Every acquisition of _start pushes its undo here; close() unwinds it.
         self._undo = Undo(f"box {self.name!r}", closed_error=BoxClosed)
         self._keep = False  # close(keep=True): the undo of the box's dirs keeps them
-        self.dirs = BoxDirs(os.path.join(host.dirs.boxes, self.id))
+        self.dirs = BoxDirs(os.path.join(engine.dirs.boxes, self.id))
         self._handle = _NetworkHandle(self)
         try:
-            self.image: Image = host.store.get(spec.image)
+            self.image: Image = engine.store.get(spec.image)
             self._start()
         except BaseException as exc:
             self._closed = True
@@ -111,16 +111,17 @@ class Box:
             raise
 
     def _start(self) -> None:
-        host = self._host
-        os.makedirs(host.dirs.boxes, 0o700, exist_ok=True)
+        engine = self._engine
+        os.makedirs(engine.dirs.boxes, 0o700, exist_ok=True)
         os.mkdir(self.dirs.base, 0o700)
         self._undo.callback(self._release_dirs)
         for d in (self.dirs.upper, self.dirs.work, self.dirs.root):
             os.mkdir(d, 0o755)
-        binds = (host_binds(host.rootdir) if self.image.host_root else []) + list(self.spec.binds)
+        binds = ((host_binds(engine.rootdir) if self.image.from_host_os else [])
+                 + list(self.spec.binds))
         write_init_layer(self.dirs, self.hostname, hosts_file(self.hostname), binds)
         limits = Limits(memory=self.spec.memory, cpus=self.spec.cpus, pids=self.spec.pids)
-        self._cgroup = host.cgroups.create(f"nsbox-{self.id}", limits)
+        self._cgroup = engine.cgroups.create(f"nsbox-{self.id}", limits)
         self._undo.callback(self._cgroup.destroy, timeout=KILL_TIMEOUT)
         spec = self.spec
         keep = None if spec.privileged else caps.resolve(spec.cap_add, spec.cap_drop, False)
@@ -168,7 +169,7 @@ class Box:
         # created: when the box came up, also in the record rewritten when it is kept
         self._created: float = getattr(self, "_created", None) or time.time()
         records.write(self.dirs.base, records.new_record(
-            box_id=self.id, owner_lock=self._host.owner_lock(), pid=self.pid, name=self.name,
+            box_id=self.id, owner_lock=self._engine.owner_lock(), pid=self.pid, name=self.name,
             image=self.spec.image, hostname=self.hostname, created=self._created,
             env=self._env(None), workdir=self.image.workdir, kept=kept))
 
@@ -231,16 +232,16 @@ class Box:
         gets the kept entry (``records.kept_entry``) that ``enter`` needs."""
         if self._keep:
             self._write_owner(kept=records.kept_entry(
-                label=self.label, rootdir=self._host.rootdir, store=self._host.dirs.store,
+                label=self.label, rootdir=self._engine.rootdir, store=self._engine.dirs.store,
                 image=self.image, spec=self.spec, hostname=self.hostname))
 
     def _keep_layers(self) -> str:
         """Move the box's layers to ``<run>/kept/<label>-<id>/`` (its record already names
         what a new box over them needs: ``python -m pytest_nsbox enter``); returns the
         kept read-write layer's path."""
-        host = self._host
-        dest = os.path.join(host.dirs.kept, records.dir_name(self.label, self.id))
-        os.makedirs(host.dirs.kept, 0o700, exist_ok=True)
+        engine = self._engine
+        dest = os.path.join(engine.dirs.kept, records.dir_name(self.label, self.id))
+        os.makedirs(engine.dirs.kept, 0o700, exist_ok=True)
         remove_tree(self.dirs.work)
         os.rename(self.dirs.base, dest)
         return os.path.join(dest, "upper")
@@ -510,10 +511,10 @@ class _NetworkHandle:
 
     @property
     def run_dir(self) -> str:
-        return self._box._host.dirs.run
+        return self._box._engine.dirs.run
 
     def owner_lock(self) -> str:
-        return self._box._host.owner_lock()
+        return self._box._engine.owner_lock()
 
     def alive(self) -> bool:
         """Open, and its init still runs (its pidfd is not readable yet)."""

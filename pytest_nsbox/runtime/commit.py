@@ -19,7 +19,7 @@ from ..images.store import base_history, own_layers
 
 
 def commit_box(box: Any, tag: str | None = None) -> Image:
-    store = box._host.store
+    store = box._engine.store
     image: Image = box.image
     upper = box.dirs.upper
     if getattr(box, "closed", False) or not os.path.isdir(upper):
@@ -47,6 +47,6 @@ def commit_box(box: Any, tag: str | None = None) -> Image:
         config = store.make_config(parent=image, layer_ids=ids, env=dict(image.env),
                                    workdir=image.workdir, labels=dict(image.labels),
                                    history=history)
-        made: Image = store.put_image(ref=tag, base="host" if image.host_root else None,
+        made: Image = store.put_image(ref=tag, base="host" if image.from_host_os else None,
                                layer_ids=ids, config=config, tags=[tag] if tag else [])
         return made

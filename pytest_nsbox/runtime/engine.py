@@ -52,7 +52,7 @@ def check_host() -> None:
 
 
 @dataclass
-class Host:
+class Engine:
     """Lazily built, per-process shared runtime objects."""
 
     dirs: StateDirs
@@ -126,20 +126,20 @@ class Host:
             return self._cgroups
 
 
-_default: Host | None = None
+_default: Engine | None = None
 _default_lock = threading.Lock()
 
 
-def default_host() -> Host:
-    """The ``Host`` that ``Box(...)`` uses when none is given (the plugin configures it)."""
+def default_engine() -> Engine:
+    """The ``Engine`` that ``Box(...)`` uses when none is given (the plugin configures it)."""
     global _default
     with _default_lock:
         if _default is None:
-            _default = Host(dirs=StateDirs.default())
+            _default = Engine(dirs=StateDirs.default())
         return _default
 
 
-def configure(host: Host) -> None:
+def configure(engine: Engine) -> None:
     global _default
     with _default_lock:
-        _default = host
+        _default = engine
