@@ -1,10 +1,14 @@
 """``Box``: one running container, owned by the process that made it.
 
-Creation order (each step undone by ``close()`` if a later one fails): state dirs and init
-layer, cgroup with limits, the box's PID 1 forked by the zygote, wait for it to report the
-root built. Teardown: SIGKILL to PID 1 through a pidfd (the kernel then kills the whole PID
-namespace; the mount namespace and its overlay die with it), wait for it, remove the cgroup,
-delete the read-write layer.
+Creation order: state dirs and init layer, cgroup with limits, control socket, the box's
+PID 1 forked by the zygote (a pidfd), wait for it to report the root built, the box record,
+the network attachment; later, port forwards. Each step pushes its undo on the box's
+``lifecycle.Undo`` as soon as it succeeded, so a start that fails half-way and ``close()``
+undo exactly what was done, newest first: forwards, network, record, final stats, SIGKILL
+to PID 1 through the pidfd (the kernel then kills the whole PID namespace; the mount
+namespace and its overlay die with it) and the wait for it, the commands, the control
+socket, the cgroup, the read-write layer. Every step runs even when one fails; one
+``TeardownError`` then names every failure.
 """
 from __future__ import annotations
 
