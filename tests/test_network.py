@@ -205,7 +205,9 @@ def test_rate_limits_what_a_box_receives_too(nsbox_factory):
     took = send_time(fast, slow, 1_000_000)  # only the receiver is shaped
     print(f"1 MB to a 4mbit box: {took:.2f} s")
     assert 2 * 0.7 <= took <= 2 * 1.3
-    assert send_time(fast, nsbox_factory(name="free"), 1_000_000) < 1.0
+    # The unshaped box is not held to the rate: relative, since an emulated kernel (the VM
+    # job) needs about 1 s for the megabyte even without shaping.
+    assert send_time(fast, nsbox_factory(name="free"), 1_000_000) < 0.75 * took
 
 
 def netem_in_kernel() -> bool | None:
