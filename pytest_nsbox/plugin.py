@@ -523,12 +523,16 @@ def nsbox(nsbox_factory: NsboxFactory) -> Box:
 
 
 class Images:
-    """The session's view of the image store (``nsbox_images`` fixture)."""
+    """The session's view of the image store (``nsbox_images`` fixture); each method is
+    ``ImageStore``'s of the same name (its docstrings give the errors, ``ImageError``)."""
 
     def __init__(self, settings: NsboxSession) -> None:
         self.settings = settings
 
     def get(self, ref: str) -> Any:
+        """The ``Image`` ``ref`` names, in ``ImageStore.get``'s resolution order: built-ins,
+        ``oci:``/``oci-archive:``/``docker-archive:``, store ids, ``fixtures_images``
+        folders, store tags, the ``pytest_nsbox_resolve_image`` hook, a registry."""
         return self.settings.engine.store.get(ref)
 
     def build(self, path_or_name: Any, build_args: dict[str, str] | None = None,
@@ -540,7 +544,8 @@ class Images:
                                               target=target)
 
     def load(self, path: Any) -> Any:
-        """Import a ``docker save`` tar, an OCI layout or an OCI archive."""
+        """Import a ``docker save`` tar, an OCI layout or an OCI archive; returns the
+        ``Image`` (``ImageError`` if it cannot)."""
         return self.settings.engine.store.load(path)
 
 

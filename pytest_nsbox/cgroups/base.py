@@ -73,15 +73,27 @@ class Limits:
 
 @dataclass
 class Stats:
-    """What a box used; the result of ``Box.stats()``. ``None`` means not measured here."""
+    """What a box used; the result of ``Box.stats()``. ``None`` means not measured here.
+
+    Read from the box's cgroup (kernel cgroup docs: cgroup-v2 ``memory.current``,
+    ``memory.peak``, ``cpu.stat``, ``pids.current``, ``memory.events``; v1
+    ``memory.usage_in_bytes``, ``memory.max_usage_in_bytes``, ``cpuacct.usage``,
+    ``pids.current``, ``memory.oom_control``).
+    """
 
     memory_current: int | None
+    """Memory charged to the box now, in bytes (page cache included)."""
     memory_peak: int | None
+    """The most memory charged to the box at once since it started, in bytes; ``None``
+    on a v2 kernel without ``memory.peak`` (before 5.19)."""
     memory_limit: int | None
     """The box's own memory limit in bytes; ``None`` is unlimited."""
     cpu_seconds: float
+    """CPU time used by all its processes, user plus system, in seconds."""
     pids_current: int | None
+    """Processes (tasks) in the box now."""
     oom_kills: int
+    """Processes of the box the kernel killed for memory (its OOM killer) so far."""
 
 
 # -- file I/O ---------------------------------------------------------------------------------

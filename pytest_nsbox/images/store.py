@@ -142,6 +142,27 @@ class ImageStore:
 
     # -- resolving references ------------------------------------------------------------
     def get(self, ref: str) -> Image:
+        """The ``Image`` that reference ``ref`` names, resolved once per store object.
+
+        Resolution order (the first that matches wins):
+
+        1. the built-ins ``host``, ``busybox``, ``scratch``;
+        2. the transports ``oci:PATH[:REF]``, ``oci-archive:PATH[:REF]``,
+           ``docker-archive:PATH[:NAME:TAG]`` (containers/image's transport names; the path
+           ends at the first ``:``), imported into the store;
+        3. an image id in the store: ``sha256:<64 hex>``, or a unique prefix of 12+ hex;
+        4. a folder ``NAME/`` with a ``Containerfile`` in ``fixtures_images`` (built,
+           from the step cache when unchanged, and tagged ``NAME``);
+        5. a tag in the store (``ref``, ``ref:latest``, and its Docker-normalized form
+           ``docker.io/library/ref:latest``);
+        6. ``self.resolvers`` in order (the plugin's ``pytest_nsbox_resolve_image`` hook);
+        7. a registry, for a reference that names one (``host[:port]/name[:tag|@digest]``
+           or ``docker://...``; Docker Hub is ``docker.io/...``), pulled into the store.
+
+        Raises ``ImageError`` for an empty or non-str ``ref``, an unknown one (naming the
+        built-ins and the fixtures images there are), an ambiguous id prefix, a resolver
+        that returns something other than an ``Image``, and any build, import or pull
+        failure."""
         if not isinstance(ref, str) or not ref.strip():
             raise ImageError(f"image {ref!r}: not an image reference; use e.g. 'busybox'")
         image = self._cache.get(ref)
@@ -588,14 +609,22 @@ class ImageStore:
         """Build a fixtures image by name, or the Containerfile at (or in) a path.
 
         ``build_args`` are ``ARG`` values (over ``self.build_args``); ``target`` names the
-        stage to build (default: the last). Raises ``ImageError``."""
+        stage to build (default: the last); ``tag`` names the result in the store
+        (a fixtures image is tagged with its name). Steps are cached as BuildKit caches
+        them. Returns the ``Image``; raises ``ImageError`` for a missing Containerfile, a
+        parse error, an unknown base image or stage, a failing ``RUN`` (its status and
+        output's tail) or a step past ``run_timeout`` seconds."""
         from . import build
 
         return build.build(self, os.fspath(path_or_name), tag=tag, build_args=build_args,
                            target=target)
 
     def load(self, path: str | os.PathLike[str], tag: str | None = None) -> Image:
-        """Import a ``docker save`` tar, an OCI layout directory or an OCI archive."""
+        """Import a ``docker save`` tar (classic or Docker 25+), an OCI layout directory
+        or an OCI archive (OCI image layout spec) at ``path`` (relative to ``rootdir``);
+        ``tag`` names the image in the store. Every blob is checked against its digest.
+        Returns the ``Image``; raises ``ImageError`` for a missing path, a file of no such
+        format, a digest mismatch or an archive holding several images."""
         from . import oci
 
         return oci.load_path(self, self.abspath(os.fspath(path)), tag=tag)
@@ -603,7 +632,10 @@ class ImageStore:
     def save(self, image: Image, path: str | os.PathLike[str], format: str = "oci", *,
              tag: str | None = None) -> str:
         """Write ``image`` to ``path`` as an OCI layout (``format="oci"``) or a ``docker
-        save`` tar (``"docker-archive"``); see ``Image.save``. Returns ``path``."""
+        save`` tar (``"docker-archive"``); see ``Image.save``. Returns ``path``. Raises
+        ``ImageError`` for an unknown ``format``, a bad ``tag``, an image based on
+        ``host`` (its bottom layer is this machine's ``/``) or of no store; ``OSError``
+        when ``path`` cannot be written."""
         from . import oci
 
         return oci.save(image, os.fspath(path), format=format, tag=tag)

@@ -9,7 +9,15 @@ from typing import Any
 class Image:
     """An image in the store. ``layers`` are layer ids bottom first (CONTRACT.md).
 
-    ``layer_dirs`` are the host directories overlayfs stacks, bottom first. ``from_host_os``
+    ``ref`` is the reference it was resolved from (``"busybox"``, ``"app:1"``,
+    ``"oci:dir:tag"``, an id). ``id`` is ``sha256:<64 hex>``: for a stored image the digest
+    of its OCI config (OCI image spec "ImageID"; one based on ``host`` hashes a marker with
+    its config), for a built-in a key of its content.
+    ``layers`` are, for stored layers, their ``diff_id`` hex (the sha256 of the
+    uncompressed layer tar, OCI image spec "Layer DiffID"); the built-ins use their own
+    keys. ``layer_dirs`` are the host directories overlayfs stacks, bottom first. ``env``
+    (from the config's ``Env``) and ``workdir`` (``WorkingDir``, default ``/``) are every
+    command's defaults; ``labels`` its ``Labels``. ``from_host_os``
     marks images based on the built-in ``host`` image, whose bottom layer is the host's own
     ``/``: a box of it also gets the pytest rootdir and the running Python bound in
     read-only. ``config`` is the image's OCI configuration (``None`` for the built-ins),
@@ -32,7 +40,9 @@ class Image:
         """Write the image to ``path``: an OCI layout directory (``format="oci"``, gzip'd
         layers, added to the layout if it exists) or a ``docker save`` tar
         (``format="docker-archive"``). ``tag`` names it there (default: from ``ref``).
-        Returns ``path``; the image's store writes it (``ImageStore.save``)."""
+        Returns ``path``; the image's store writes it (``ImageStore.save``). Raises
+        ``ImageError`` for an image of no store, one based on ``host``, an unknown
+        ``format`` or a bad ``tag``; ``OSError`` when ``path`` cannot be written."""
         if self.store is None:
             from ..errors import ImageError
 

@@ -18,6 +18,9 @@ class RunResult:
     the command's start and its exit, the command itself or any other (a child, a
     background process); its ``returncode`` says whether the command itself died.
     ``timed_out``: the command outlived its ``timeout`` and was killed.
+    ``args`` is the command as given (a list, or the shell string). ``stdout_bytes`` and
+    ``stderr_bytes`` are the whole output; ``stdout``/``stderr`` decode it as UTF-8
+    (undecodable bytes become U+FFFD). ``ok``: status 0 and not timed out.
     """
 
     args: list[str] | str
@@ -43,7 +46,11 @@ class RunResult:
 
 @dataclass(frozen=True, order=True)
 class Change:
-    """One entry of ``Box.diff()``, as ``docker diff`` prints it: ``C /etc``."""
+    """One entry of ``Box.diff()``, as ``docker diff`` prints it: ``C /etc``.
+
+    ``path`` is absolute in the box; ``kind`` is ``"A"`` (added), ``"C"`` (changed, or a
+    directory with a change below it) or ``"D"`` (deleted: a whiteout in the read-write
+    layer, OCI image spec "Representing Changes"). Ordered by ``path``."""
 
     path: str
     kind: str

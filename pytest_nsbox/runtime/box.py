@@ -49,10 +49,41 @@ KILL_TIMEOUT = 10.0
 
 
 class Box:
-    """A running box; see CONTRACT.md. Use as a context manager or call ``close()``."""
+    """A running box (a container, in runc's terms): its own PID, mount, UTS, IPC and
+    network namespaces, a cgroup with its limits, and an overlayfs root whose lower layers
+    are the image's and whose upper (read-write) layer is the box's own. Use it as a context
+    manager or call ``close()``; see CONTRACT.md.
+
+    Attributes: ``id`` (12 hex digits, random), ``name`` (the ``name`` key, else
+    ``box-<id>``), ``hostname`` (the ``hostname`` key, else the name given, else
+    ``nsbox-<id>``), ``image`` (the resolved ``Image``), ``pid`` (the host PID of the
+    box's init, its PID 1), ``ip`` (its IPv4 address on a ``network="private"`` network as
+    a dotted string, else ``None``), ``history`` (the ``RunResult`` of every command
+    waited for, oldest first), ``spec`` (the validated ``BoxSpec``), ``closed``.
+    """
 
     def __init__(self, image: str | None = None, *, name: str | None = None,
                  engine: Engine | None = None, group: object = None, **keys: Any) -> None:
+        """Start a box; returns once its init has built the root and the network is up.
+
+        ``image`` is an image reference (``ImageStore.get`` gives the resolution order);
+        ``keys`` are the marker's keys (README "The marker"): ``memory`` (int bytes, or
+        ``"64M"``), ``cpus`` (cores, as ``docker run --cpus``), ``pids`` (most processes),
+        ``network`` (``"none"``, ``"private"``, ``"host"``), ``hostname``, ``env``
+        (str -> str), ``user``, ``binds`` (host path -> ``"box/path[:ro|:rw]"``),
+        ``timeout`` (seconds, the default of each ``run``), ``rate``, ``latency``,
+        ``jitter``, ``loss`` (link shaping, private networks), ``privileged``,
+        ``cap_add``, ``cap_drop``, ``seccomp``, ``isolate``. ``group`` is as in
+        ``from_spec``; ``engine`` defaults to this process's shared one.
+
+        Raises ``SpecError`` (source ``Box``) for an unknown key or a bad value, and for
+        more ``cpus`` than this host has; ``HostNotSupported`` when this host cannot run
+        boxes; ``ImageError`` when ``image`` cannot be resolved, built, loaded or pulled;
+        ``BoxError`` when the box does not come up within 30 s or its init reports a
+        setup failure (``NetworkError``, a ``BoxError``, for its network; ``CgroupError``
+        for its cgroup). What the failed start had acquired is released first; a failure
+        of that is added to the error as a note.
+        """
         kwargs = dict(keys)
         if image is not None:
             kwargs["image"] = image
@@ -68,8 +99,9 @@ class Box:
         """Start a box from an already validated spec (the fixtures' path).
 
         ``group`` names the boxes that share one ``network="private"`` network (the plugin
-        passes the test's node id); ``None`` is this process's default group. Raises
-        ``SpecError`` (source ``spec``) for more ``cpus`` than this host has.
+        passes the test's node id); ``None`` is this process's default group; ``label``
+        names a kept box's directory (default: its name). Raises ``SpecError`` (source
+        ``spec``) for more ``cpus`` than this host has, and otherwise what ``Box()`` raises.
         """
         check_cpus_available(spec.cpus, available_cpus(), "spec")
         box = cls.__new__(cls)
@@ -183,8 +215,10 @@ class Box:
         the pidfd (waited for, bounded), its commands and control socket, its cgroup,
         then its directory (deleted, or moved to ``<run>/kept/`` with ``keep``).
 
-        Every step runs even when one fails; ``TeardownError`` (an ``ExceptionGroup``)
-        then holds every failure. Idempotent: a second call returns at once.
+        Every step runs even when one fails; ``TeardownError`` (a ``BoxError`` and an
+        ``ExceptionGroup``) then holds every failure. The kill is waited for at most 10 s
+        (``BoxError`` if the init survives). Idempotent: a second call returns at once.
+        ``kept_at`` is then the kept read-write layer's host path (``keep=True``).
         """
         with self._close_lock:
             if self._closed:
@@ -269,7 +303,22 @@ class Box:
             timeout: float | None = None, check: bool = False,
             env: Mapping[str, str] | None = None, cwd: str | None = None,
             user: str | int | None = None) -> RunResult:
-        """Run ``cmd`` to completion; a string goes through ``/bin/sh -c``."""
+        """Run ``cmd`` to completion and return its ``RunResult``.
+
+        ``cmd``: a list of str is exec'd as is (looked up in the box's ``PATH``); a str
+        runs under ``/bin/sh -c``. ``input`` goes to stdin (str as UTF-8), then stdin
+        closes. ``timeout`` (seconds; default the spec's ``timeout``, else none): past it
+        the command's process group gets SIGKILL and ``timed_out`` is set. ``env`` adds
+        to the image's and the spec's environment; ``cwd`` (default the image's
+        ``WORKDIR``) and ``user`` (``name``, ``uid``, ``name:group``, ``uid:gid``; runc's
+        ``GetExecUser`` rules) are resolved in the box. A missing program exits 127, one
+        that cannot run 126 (as a shell does), with an ``nsbox: ...`` line on stderr.
+
+        Raises ``CommandFailed`` with ``check=True`` for a non-zero status or a timeout;
+        ``SpecError`` (source ``run``) for a bad ``cmd``, ``input``, ``env``, ``cwd`` or
+        ``user``; ``BoxClosed`` after ``close()``; ``BoxError`` when the box is gone or a
+        killed command does not report its exit within 10 s.
+        """
         proc = self._exec(cmd, input=input, env=env, cwd=cwd, user=user, background=False)
         result = proc.wait(timeout if timeout is not None else self.spec.timeout)
         if check and (result.returncode != 0 or result.timed_out):
@@ -279,7 +328,10 @@ class Box:
     def spawn(self, cmd: list[str] | str, *, input: str | bytes | None = None,
               env: Mapping[str, str] | None = None, cwd: str | None = None,
               user: str | int | None = None) -> Process:
-        """Start ``cmd`` in the background; its output is collected until ``wait()``."""
+        """Start ``cmd`` in the background and return its ``Process`` (``pid`` already
+        known); its output is collected until ``Process.wait()``. Arguments and errors are
+        those of ``run`` (there is no ``timeout`` or ``check``: ``wait(timeout)`` has it).
+        """
         return self._exec(cmd, input=input, env=env, cwd=cwd, user=user, background=True)
 
     def _exec(self, cmd: list[str] | str, *, input: str | bytes | None,
@@ -384,8 +436,15 @@ class Box:
                           path) from None
 
     def read_bytes(self, path: str) -> bytes:
-        """The content of file ``path`` in the box; OSError (naming ``path``) if there is
-        none, or it is a directory."""
+        """The whole content of file ``path`` in the box.
+
+        ``path`` is resolved with the box's root as ``/`` (``openat2(RESOLVE_IN_ROOT)``):
+        relative paths start at ``/`` as ``docker cp``'s do, ``..`` stops at ``/``, a
+        trailing ``/`` requires a directory. Raises the ``OSError`` subclass of the fault
+        (``FileNotFoundError``, ``IsADirectoryError``, ``PermissionError``,
+        ``NotADirectoryError``, ...) with ``filename`` the box path; ``SpecError`` for a
+        path that is not a str; ``BoxClosed`` after ``close()`` or once the init exited.
+        """
         fd = self._open(path, os.O_RDONLY)
         chunks: list[bytes] = []
         try:
@@ -397,11 +456,17 @@ class Box:
         return b"".join(chunks)
 
     def read_text(self, path: str, encoding: str = "utf-8") -> str:
+        """``read_bytes(path)`` decoded (undecodable bytes become U+FFFD); its errors."""
         return self.read_bytes(path).decode(encoding, errors="replace")
 
     def write_bytes(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Create or replace file ``path`` in the box; OSError (naming ``path``) when its
-        directory is missing or it is a directory."""
+        """Create or replace file ``path`` in the box (``mode``: its permission bits
+        when created, less the calling process's umask; an existing file keeps its mode).
+
+        Path rules and errors as ``read_bytes``: ``FileNotFoundError`` when its directory
+        is missing, ``IsADirectoryError`` for a directory, ``OSError`` ENOSPC/EFBIG as
+        the kernel reports them; ``SpecError`` when ``data`` is not bytes-like.
+        """
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise SpecError("data", type(data).__name__, "not bytes", "b'text'", source="write_bytes")
         fd = self._open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -414,13 +479,15 @@ class Box:
             os.close(fd)
 
     def write_text(self, path: str, text: str, encoding: str = "utf-8", mode: int = 0o644) -> None:
+        """``write_bytes`` of ``text`` encoded; ``SpecError`` when ``text`` is not a str."""
         if not isinstance(text, str):
             raise SpecError("text", type(text).__name__, "not str", "'text'", source="write_text")
         self.write_bytes(path, text.encode(encoding), mode)
 
     def exists(self, path: str) -> bool:
-        """Whether ``path`` exists in the box; OSError (naming ``path``) for other faults,
-        e.g. a symlink loop."""
+        """Whether ``path`` exists in the box (a dangling symlink does not: it is followed).
+        ``False`` for ENOENT and ENOTDIR; other faults raise as in ``read_bytes``, e.g.
+        ``OSError`` ELOOP for a symlink loop; ``BoxClosed`` after ``close()``."""
         try:
             os.close(self._open(path, os.O_PATH))
         except (FileNotFoundError, NotADirectoryError):
@@ -428,7 +495,8 @@ class Box:
         return True
 
     def listdir(self, path: str = "/") -> list[str]:
-        """The sorted names in directory ``path`` of the box; OSError (naming ``path``)."""
+        """The sorted entry names (without ``.`` and ``..``) of directory ``path`` in the
+        box; errors as ``read_bytes`` (``NotADirectoryError`` for a file)."""
         fd = self._open(path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             with self._path_errors(_box_path(path, "path")):
@@ -438,19 +506,30 @@ class Box:
 
     # -- inspection ------------------------------------------------------------------
     def diff(self) -> list[Change]:
-        """What the box changed against its image, like ``docker diff``."""
+        """What the box changed against its image, like ``docker diff``: a sorted list of
+        ``Change`` (``kind`` ``A`` added, ``C`` changed, ``D`` deleted; parents of a change
+        are ``C``; the init layer's ``/etc/hosts``, ``/etc/hostname`` and
+        ``/etc/resolv.conf`` never appear). ``BoxClosed`` once the read-write layer is gone.
+        """
         if not os.path.isdir(self.dirs.upper):
             raise BoxClosed(f"box {self.name!r} is closed; its read-write layer is gone")
         # The init layer is part of what the box started from, not a change it made.
         return overlay_diff.changes(self.dirs.upper, [*self.image.layer_dirs, self.dirs.init])
 
     def commit(self, tag: str | None = None) -> Image:
-        """A new image whose top layer is this box's read-write layer (CONTRACT.md)."""
+        """A new image whose top layer is this box's read-write layer (deletions kept as
+        OCI whiteouts, replaced directories as opaque ones), as ``docker commit`` makes
+        it; ``tag`` (e.g. ``"myapp:v1"``) names it in the store. The box keeps running.
+        Raises ``ImageError`` for a closed box or a bad ``tag`` (CONTRACT.md)."""
         from .commit import commit_box
 
         return commit_box(self, tag)
 
     def stats(self) -> Stats:
+        """What the box's cgroup used so far (``Stats``: bytes, CPU seconds, counts);
+        after ``close()`` the last reading taken before its init was killed. Raises
+        ``BoxClosed`` after ``close()`` when no reading could be taken, ``CgroupError``
+        when a cgroup file cannot be read."""
         if self._closed:
             if self.final_stats is None:
                 raise BoxClosed(f"box {self.name!r} is closed")
@@ -459,20 +538,30 @@ class Box:
 
     # -- network
     def connect(self, port: int, timeout: float | None = None) -> socket.socket:
-        """A TCP connection to ``port`` inside the box's network (any ``network`` mode);
-        with ``timeout``, retried until something listens or the time is up."""
+        """A connected TCP socket (the caller closes it) to ``port`` in the box's network
+        namespace, whatever its ``network`` mode. Without ``timeout``: one try,
+        ``PortRefused`` (a ``ConnectionRefusedError``) if nothing listens; with one
+        (seconds): retried with backoff, ``PortTimeout`` (a ``TimeoutError``) when the
+        time is up. ``BoxClosed`` if the box closes meanwhile; ``SpecError`` for a port
+        outside 1-65535 or a timeout that is not a number above 0."""
         from ..network import reach
 
         return reach.connect(self._handle, port, timeout)
 
     def forward(self, port: int) -> tuple[str, int]:
-        """The box's ``port`` exposed on the host's 127.0.0.1, until the box closes."""
+        """The box's TCP ``port`` exposed on the host's loopback, until the box closes:
+        returns the ``("127.0.0.1", host_port)`` to connect to (like ``docker run -p
+        127.0.0.1::port``). Raises ``BoxClosed`` for a closed box, ``SpecError`` for a port
+        outside 1-65535; ``OSError`` if the host socket cannot be made."""
         from ..network import reach
 
         return reach.forward(self._handle, port)
 
     def wait_for_port(self, port: int, timeout: float) -> None:
-        """Return once something listens on TCP ``port`` in the box (never connects)."""
+        """Return once something listens on TCP ``port`` in the box (read from its
+        ``/proc/net/tcp``/``tcp6``; it never connects, so a one-shot server is not used up).
+        Raises ``PortTimeout`` after ``timeout`` seconds, ``BoxClosed`` if the box closes,
+        ``SpecError`` for a bad port or timeout."""
         from ..network import reach
 
         reach.wait_for_port(self._handle, port, timeout)

@@ -36,7 +36,12 @@ STDERR_EXEC_PREFIX = "nsbox: "
 
 
 class Process:
-    """A background (or foreground) command in a box; ``wait()`` gives its ``RunResult``."""
+    """A command in a box, as ``Box.spawn`` returns it (``Box.run`` uses one too).
+
+    ``pid`` is the command's PID inside the box's PID namespace (``None`` until the box's
+    init has started it); ``args`` is the ``cmd`` as given; ``box`` its ``Box``. The
+    command leads its own session and process group. ``wait()`` gives its ``RunResult``.
+    """
 
     def __init__(self, box: Box, args: list[str] | str, request: protocol.Exec,
                  input: bytes | None, *, oom: Callable[[], int],
@@ -200,7 +205,11 @@ class Process:
 
     # -- public ----------------------------------------------------------------------
     def wait(self, timeout: float | None = None) -> RunResult:
-        """The result; past ``timeout`` seconds the command is killed and ``timed_out`` set."""
+        """Wait for the command and return its ``RunResult`` (the same one on every call).
+
+        ``timeout`` is in seconds (``None``: no limit); past it the command's process group
+        gets SIGKILL and the result has ``timed_out`` set. Raises ``BoxError`` when the box
+        is gone, or the killed command does not report its exit within 10 s."""
         with self._lock:
             if self._result is not None:
                 return self._result
@@ -230,7 +239,8 @@ class Process:
             return self._result
 
     def poll(self) -> int | None:
-        """The return code if the command has finished, else None."""
+        """The ``returncode`` (as ``RunResult.returncode``) once the command has finished
+        and been collected, else ``None``; never blocks for a running command."""
         if self._result is not None:
             return self._result.returncode
         if self._thread is not None and self._done.is_set():
@@ -238,7 +248,8 @@ class Process:
         return None
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
-        """Signal the command's process group (it runs in its own session)."""
+        """Send signal ``sig`` (default SIGKILL) to the command's process group (it leads
+        its own session). Nothing happens before it started or once its box is closed."""
         if self.pid is not None:
             self.box.kill_process(self.pid, sig)
 
