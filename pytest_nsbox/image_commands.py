@@ -10,7 +10,8 @@ from .kernel import mountinfo
 from .kernel.fs import remove_tree
 from .images import builtin
 from .model.image import Image
-from .images.store import ImageStore, read_json
+from .images.store import ImageStore, read_record
+from .model.image_records import BlobLink, StepCacheEntry
 
 TMP_MAX_AGE = 3600.0
 
@@ -22,11 +23,10 @@ def list_images(store: ImageStore) -> list[dict[str, Any]]:
         tags.setdefault(image_id, []).append(ref)
     out = []
     for rec in store.records():
-        layer_ids = rec.get("layers") or []
-        size = sum(int(store.layer_info(lid).get("size") or 0) for lid in layer_ids)
-        out.append({"id": rec["id"], "tags": tags.get(rec["id"], []),
-                    "base": rec.get("base") or "", "layers": len(layer_ids), "size": size,
-                    "created": (rec.get("config") or {}).get("created", "")})
+        infos = [store.layer_info(lid) for lid in rec.layers]
+        size = sum(info.size for info in infos if info is not None)
+        out.append({"id": rec.id, "tags": tags.get(rec.id, []), "base": rec.base or "",
+                    "layers": len(rec.layers), "size": size, "created": rec.created})
     out.sort(key=lambda r: (r["created"], r["id"]), reverse=True)
     return out
 
@@ -42,7 +42,7 @@ def remove(store: ImageStore, ref: str) -> list[str]:
         store.untag(name)
         removed.append(name)
         if image_id not in store.tags().values():
-            _drop_record(store, image_id)
+            store.remove_record(image_id)
             removed.append(image_id)
         return removed
     found = store.find(ref)
@@ -52,17 +52,9 @@ def remove(store: ImageStore, ref: str) -> list[str]:
         if image_id == found.id:
             store.untag(name)
             removed.append(name)
-    _drop_record(store, found.id)
+    store.remove_record(found.id)
     removed.append(found.id)
     return removed
-
-
-def _drop_record(store: ImageStore, image_id: str) -> None:
-    try:
-        os.unlink(store.path("images", image_id.split(":", 1)[1] + ".json"))
-    except FileNotFoundError:
-        pass
-    store._cache = {k: v for k, v in store._cache.items() if v.id != image_id}
 
 
 def mounted_layers() -> set[str]:
@@ -99,7 +91,7 @@ def prune(store: ImageStore) -> list[str]:
         records = store.records()
         keep: set[str] = {"scratch-v1"}
         for rec in records:
-            keep.update(rec.get("layers") or [])
+            keep.update(rec.layers)
         try:
             keep.add(builtin.busybox_key(builtin.find_busybox()))
         except ImageError:
@@ -128,19 +120,16 @@ def prune(store: ImageStore) -> list[str]:
         for name in _listdir(store.path("layerinfo")):
             if name.endswith(".json") and name[:-5] not in kept_layers:
                 os.unlink(store.path("layerinfo", name))
-        for name in _listdir(store.path("cache")):
-            data = read_json(store.path("cache", name))
-            if not data or data.get("layer") not in kept_layers:
-                os.unlink(store.path("cache", name))
-        for name in _listdir(store.path("blobmap")):
-            data = read_json(store.path("blobmap", name))
-            if not data or data.get("layer") not in kept_layers:
-                os.unlink(store.path("blobmap", name))
-        wanted = {str(rec.get("config_digest") or "").split(":")[-1] for rec in records}
+        for folder, kind in (("cache", StepCacheEntry), ("blobmap", BlobLink)):
+            for name in _listdir(store.path(folder)):
+                link = _layer_of(kind, store.path(folder, name))
+                if link is None or link not in kept_layers:
+                    os.unlink(store.path(folder, name))
+        wanted = {(rec.config_digest or "").split(":")[-1] for rec in records}
         for lid in kept_layers:
-            blob = store.layer_info(lid).get("blob") or {}
-            if blob.get("digest"):
-                wanted.add(blob["digest"].split(":", 1)[1])
+            info = store.layer_info(lid)
+            if info is not None and info.blob is not None:
+                wanted.add(info.blob.digest.split(":", 1)[1])
         for name in _listdir(store.path("blobs", "sha256")):
             if name not in wanted:
                 os.unlink(store.path("blobs", "sha256", name))
@@ -155,6 +144,16 @@ def prune(store: ImageStore) -> list[str]:
             except FileNotFoundError:
                 continue
     return removed
+
+
+def _layer_of(kind: type[StepCacheEntry] | type[BlobLink], path: str) -> str | None:
+    """The layer a step cache entry or blob link at ``path`` names; None for a file that is
+    no such record (it is pruned with the rest: nothing can use it)."""
+    try:
+        record = read_record(kind, path)
+    except ImageError:
+        return None
+    return record.layer if record is not None else None
 
 
 def _sweep_links(store: ImageStore) -> None:

@@ -56,8 +56,8 @@ from . import copy as cp
 from . import layers as layerfs
 from ..model.image import Image
 from .shell_lex import Lex, ShellLexError
-from .store import (BUILD_LOCK_TIMEOUT, ImageStore, base_history, own_layers,
-                    read_json, write_json)
+from ..model.image_records import StepCacheEntry
+from .store import BUILD_LOCK_TIMEOUT, ImageStore, base_history, own_layers
 
 CONTAINERFILES = ("Containerfile", "Dockerfile")
 DEFAULT_SHELL = ["/bin/sh", "-c"]
@@ -646,18 +646,16 @@ class Builder:
     def _layer_step(self, state: StageState, number: int, total: int, ins: cf.Instruction,
                     key: str, make: Callable[[str], None]) -> None:
         store = self.store
-        cache_path = store.path("cache", f"{key}.json")
         stage = f" stage {state.label!r}" if len(self.states) > 1 else ""
         label = f"image {self.name!r}{stage} step {number}/{total}: {_short(ins.text)}"
-        hit = self._cached(cache_path)
+        hit = store.cached_step(key)
         if hit is None:
-            os.makedirs(store.path("cache"), exist_ok=True)
             os.makedirs(store.dirs.locks, exist_ok=True)
             lock = FileLock(os.path.join(store.dirs.locks, f"step-{key}.lock"),
                             timeout=BUILD_LOCK_TIMEOUT)
             try:
                 with lock:
-                    hit = self._cached(cache_path)
+                    hit = store.cached_step(key)
                     if hit is None:
                         store.say(f"nsbox: {label}")
                         started = time.monotonic()
@@ -668,8 +666,8 @@ class Builder:
                             layerfs_remove(tmp)
                             raise
                         hit = store.add_layer(tmp, created_by=ins.text)
-                        write_json(cache_path, {"layer": hit, "created_by": ins.text,
-                                                "image": self.name})
+                        store.cache_step(key, StepCacheEntry(layer=hit, created_by=ins.text,
+                                                             image=self.name))
                         self.ran += 1
                         store.log(f"build image={self.name} step={number}/{total} "
                                   f"{ins.keyword} key={key[:16]} layer={hit[:16]} "
@@ -682,15 +680,7 @@ class Builder:
             store.say(f"nsbox: {label} (cached)")
         state.ids.append(hit)
         state.chain = _key(state.chain, hit)
-        info = store.layer_info(hit)
-        state.history.append({"created": info.get("created") or "1970-01-01T00:00:00Z",
-                              "created_by": ins.text})
-
-    def _cached(self, cache_path: str) -> str | None:
-        data = read_json(cache_path)
-        if data and os.path.isdir(self.store.path("layers", data["layer"])):
-            return str(data["layer"])
-        return None
+        state.history.append({"created": store.layer_created(hit), "created_by": ins.text})
 
     # -- RUN -----------------------------------------------------------------------------
     def _run_step(self, state: StageState, ins: cf.Instruction, number: int, total: int,

@@ -29,6 +29,7 @@ from ..kernel.arch import oci_platform
 from ..kernel.fs import remove_tree
 from . import layers as layerfs, refs
 from ..model.image import Image
+from ..model.image_records import Descriptor
 from .store import LOCK_TIMEOUT, ImageStore, canonical_json
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
@@ -407,7 +408,7 @@ def import_layer(store: ImageStore, opener: Callable[[], IO[bytes]], digest: str
                 media_type = OCI_LAYER_GZIP
             elif not got.compressed and media_type.endswith("gzip"):
                 media_type = OCI_LAYER
-            blob = {"digest": got.digest, "mediaType": media_type, "size": got.size}
+            blob = Descriptor(digest=got.digest, media_type=media_type, size=got.size)
             lid = store.add_layer(tmp, created_by=f"imported from {where}", diff_id=diff_id,
                                   blob=blob if keep_blob else None)
             if keep_blob:
@@ -543,18 +544,17 @@ class _Exporter:
         out = []
         for lid in self.image.layers:
             info = self.store.layer_info(lid)
-            blob = info.get("blob") or {}
-            kept = blob.get("digest") and os.path.exists(self.store.blob_path(blob["digest"]))
-            gz = blob.get("mediaType") in (OCI_LAYER_GZIP, DOCKER_LAYER_GZIP) or \
-                str(blob.get("mediaType", "")).endswith("gzip")
-            if kept:
+            blob = info.blob if info is not None else None
+            if info is not None and blob is not None and os.path.exists(
+                    self.store.blob_path(blob.digest)):
                 # The blob as imported: the same diff_id (and, kept as it came, digest) as
                 # where it came from, whatever our own tar of the directory would give.
-                src = self.store.blob_path(blob["digest"])
-                did = str(info["diff_id"])
+                gz = blob.media_type.endswith("gzip")
+                src = self.store.blob_path(blob.digest)
+                did = info.diff_id
                 if gz == self.compress:
-                    put(src, blob["digest"], int(blob["size"]))
-                    out.append((blob["digest"], did, int(blob["size"]), self._type()))
+                    put(src, blob.digest, blob.size)
+                    out.append((blob.digest, did, blob.size, self._type()))
                     continue
                 tmp = os.path.join(self.tmpdir, secrets.token_hex(6))
                 with open(src, "rb") as fin, open(tmp, "wb") as fout:
@@ -585,8 +585,8 @@ class _Exporter:
 
     def _config(self, diff_ids: list[str]) -> bytes:
         config = dict(self.image.config or {})
-        rec = self.store.record(self.image.id) or {}
-        digest = rec.get("config_digest")
+        rec = self.store.record(self.image.id)
+        digest = rec.config_digest if rec is not None else None
         if (digest and (config.get("rootfs") or {}).get("diff_ids") == diff_ids
                 and os.path.exists(self.store.blob_path(digest))):
             with open(self.store.blob_path(digest), "rb") as f:

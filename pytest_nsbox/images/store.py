@@ -35,7 +35,7 @@ import secrets
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock
 
@@ -44,8 +44,11 @@ from ..state import StateDirs
 from ..kernel.arch import oci_platform
 from ..kernel.fs import remove_tree
 from ..model.defaults import DEFAULT_PATH
-from . import builtin, layers as layerfs, storefs
 from ..model.image import Image
+from ..model.image_records import (BlobLink, Descriptor, ImageRecord, LayerInfo, Record,
+                                   StepCacheEntry, TagRecord)
+from ..model.jsondata import DataError
+from . import builtin, layers as layerfs, storefs
 
 LOCK_TIMEOUT = 600.0
 BUILD_LOCK_TIMEOUT = 1800.0
@@ -55,6 +58,11 @@ OVERLAY_DATA_MAX = 4096
 BUILTIN = ("host", "busybox", "scratch")
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*\Z")
 _HEX = re.compile(r"[0-9a-f]{12,64}\Z")
+R = TypeVar("R", bound=Record)
+
+
+#: The ``created`` of what has no time of its own (Docker writes the same for built-ins).
+EPOCH = "1970-01-01T00:00:00Z"
 
 
 def now_iso() -> str:
@@ -65,23 +73,32 @@ def canonical_json(data: Any) -> bytes:
     return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
-def write_json(path: str, data: Any) -> None:
-    """Write ``data`` to ``path`` atomically (a reader sees the old file or the new one)."""
+def write_record(path: str, record: Record) -> None:
+    """Write ``record`` to ``path`` atomically (a reader sees the old file or the new one)."""
     tmp = f"{path}.{secrets.token_hex(4)}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=1, sort_keys=True)
+        json.dump(record.to_json(), f, indent=1, sort_keys=True)
     os.rename(tmp, path)
 
 
-def read_json(path: str) -> Any:
+def read_record(kind: type[R], path: str) -> R | None:
+    """The record of class ``kind`` in file ``path``; None when there is no such file.
+    Raises ``ImageError`` naming the file when it is unreadable, not JSON, or not of
+    ``kind``'s shape (``model.image_records``)."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            data = json.load(f)
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise ImageError(f"{path}: unreadable store record ({exc}); remove it, or run "
-                         f"`python -m pytest_nsbox images prune`") from None
+        raise ImageError(f"{path}: unreadable store record ({exc}); {_REMEDY}") from None
+    try:
+        return kind.from_json(data, f"{path} ({kind.__name__})")
+    except DataError as exc:
+        raise ImageError(f"{exc}; {_REMEDY}") from None
+
+
+_REMEDY = "remove it, or run `python -m pytest_nsbox images prune`"
 
 
 class ImageStore:
@@ -293,7 +310,7 @@ class ImageStore:
         return tmp
 
     def add_layer(self, tmp: str, created_by: str, diff_id: str | None = None,
-                  created: str | None = None, blob: dict[str, Any] | None = None) -> str:
+                  created: str | None = None, blob: Descriptor | None = None) -> str:
         """Move the finished layer directory ``tmp`` into the store; returns its id.
 
         The id is its diff_id (the sha256 of its tar): given, for an imported tar, or
@@ -311,10 +328,10 @@ class ImageStore:
                 if os.path.isdir(final):
                     remove_tree(tmp)
                 else:
-                    write_json(self.path("layerinfo", f"{lid}.json"),
-                               {"id": lid, "diff_id": did, "created": created or now_iso(),
-                                "created_by": created_by, "size": layerfs.tree_size(tmp),
-                                "blob": blob})
+                    write_record(self.path("layerinfo", f"{lid}.json"),
+                                 LayerInfo(id=lid, diff_id=did, created=created or now_iso(),
+                                           created_by=created_by,
+                                           size=layerfs.tree_size(tmp), blob=blob))
                     os.rename(tmp, final)
         except BaseException:
             if os.path.isdir(tmp):
@@ -322,8 +339,15 @@ class ImageStore:
             raise
         return lid
 
-    def layer_info(self, lid: str) -> dict[str, Any]:
-        return read_json(self.path("layerinfo", f"{lid}.json")) or {}
+    def layer_info(self, lid: str) -> LayerInfo | None:
+        """What the store recorded of layer ``lid``; None for a layer it has no record of
+        (a built-in whose diff_id was never asked for)."""
+        return read_record(LayerInfo, self.path("layerinfo", f"{lid}.json"))
+
+    def layer_created(self, lid: str) -> str:
+        """When layer ``lid`` was made (RFC 3339), the epoch when that is not recorded."""
+        info = self.layer_info(lid)
+        return info.created if info is not None and info.created else EPOCH
 
     def layer_path(self, lid: str) -> str:
         path = self.path("layers", lid)
@@ -335,15 +359,15 @@ class ImageStore:
     def diff_id_of(self, lid: str) -> str:
         """The diff_id of a layer (for the built-ins, computed once and remembered)."""
         info = self.layer_info(lid)
-        if info.get("diff_id"):
-            return str(info["diff_id"])
+        if info is not None and info.diff_id:
+            return info.diff_id
         path = self.path("layers", lid)
         did = layerfs.diff_id(path)
         os.makedirs(self.path("layerinfo"), exist_ok=True)
-        write_json(self.path("layerinfo", f"{lid}.json"),
-                   {"id": lid, "diff_id": did, "created": "1970-01-01T00:00:00Z",
-                    "created_by": f"nsbox built-in layer {lid[:12]}", "builtin": True,
-                    "size": layerfs.tree_size(path)})
+        write_record(self.path("layerinfo", f"{lid}.json"),
+                     LayerInfo(id=lid, diff_id=did, created=EPOCH,
+                               created_by=f"nsbox built-in layer {lid[:12]}",
+                               size=layerfs.tree_size(path), builtin=True))
         return did
 
     def short_dir(self, final: str) -> str:
@@ -409,7 +433,7 @@ class ImageStore:
             inherited.pop("Labels", None)
         created = [str(h["created"]) for h in history if h.get("created")]
         config: dict[str, Any] = {
-            "created": max(created) if created else "1970-01-01T00:00:00Z",
+            "created": max(created) if created else EPOCH,
             "architecture": arch, "os": "linux", "config": inherited,
             "rootfs": {"type": "layers", "diff_ids": [self.diff_id_of(i) for i in layer_ids]},
             "history": history,
@@ -430,13 +454,13 @@ class ImageStore:
         else:
             image_id = "sha256:" + hashlib.sha256(raw).hexdigest()
             self.put_blob(image_id, raw)
-        record = {"id": image_id, "base": base, "layers": layer_ids, "config": config,
-                  "config_digest": config_digest or (None if base else image_id)}
+        record = ImageRecord(id=image_id, base=base, layers=tuple(layer_ids), config=config,
+                             config_digest=config_digest or (None if base else image_id))
         hexid = image_id.split(":", 1)[1]
         path = self.path("images", f"{hexid}.json")
         os.makedirs(self.path("images"), exist_ok=True)
-        if read_json(path) != record:
-            write_json(path, record)
+        if read_record(ImageRecord, path) != record:
+            write_record(path, record)
         for tag in tags or []:
             self.tag(image_id, tag)
         image = self.image_from_record(record, ref or image_id)
@@ -444,9 +468,10 @@ class ImageStore:
             self._cache.pop(ref, None)
         return image
 
-    def image_from_record(self, record: dict[str, Any], ref: str) -> Image:
-        return self.assemble(ref=ref, image_id=record["id"], base=record.get("base"),
-                             ids=list(record["layers"]), config=record.get("config") or {})
+    def image_from_record(self, record: ImageRecord, ref: str) -> Image:
+        """The ``Image`` a record describes, resolved from ``ref``."""
+        return self.assemble(ref=ref, image_id=record.id, base=record.base,
+                             ids=list(record.layers), config=record.config)
 
     def assemble(self, *, ref: str, image_id: str, base: str | None, ids: list[str],
                  config: dict[str, Any]) -> Image:
@@ -487,22 +512,32 @@ class ImageStore:
             return self.layer_path(lid)  # raises, naming the layer
         return path
 
-    def record(self, image_id: str) -> dict[str, Any] | None:
+    def record(self, image_id: str) -> ImageRecord | None:
+        """The record of image ``image_id`` (``sha256:<hex>`` or the hex); None if none."""
         hexid = image_id.split(":", 1)[-1]
-        return read_json(self.path("images", f"{hexid}.json"))  # type: ignore[no-any-return]
+        return read_record(ImageRecord, self.path("images", f"{hexid}.json"))
 
-    def records(self) -> list[dict[str, Any]]:
-        try:
-            names = sorted(os.listdir(self.path("images")))
-        except FileNotFoundError:
-            return []
+    def records(self) -> list[ImageRecord]:
+        """Every image record in the store, by file name."""
+        return self._all(ImageRecord, "images")
+
+    def _all(self, kind: type[R], folder: str) -> list[R]:
         out = []
-        for name in names:
+        for name in _listdir(self.path(folder)):
             if name.endswith(".json"):
-                rec = read_json(self.path("images", name))
-                if rec:
+                rec = read_record(kind, self.path(folder, name))
+                if rec is not None:
                     out.append(rec)
         return out
+
+    def remove_record(self, image_id: str) -> None:
+        """Delete the record of image ``image_id`` (its layers stay until ``prune``), and
+        forget what this store object resolved to it."""
+        try:
+            os.unlink(self.path("images", image_id.split(":", 1)[-1] + ".json"))
+        except FileNotFoundError:
+            pass
+        self._cache = {k: v for k, v in self._cache.items() if v.id != image_id}
 
     def find(self, ref: str) -> Image | None:
         """An image by id: ``sha256:<hex>``, or a unique prefix of 12 hex digits or more."""
@@ -512,15 +547,12 @@ class ImageStore:
         if len(hexid) == 64:
             rec = self.record(hexid)
             return self.image_from_record(rec, ref) if rec else None
-        try:
-            names = [n for n in os.listdir(self.path("images")) if n.startswith(hexid)]
-        except FileNotFoundError:
-            return None
+        names = [n for n in _listdir(self.path("images")) if n.startswith(hexid)]
         if len(names) > 1:
             raise ImageError(f"image {ref!r}: the prefix matches {len(names)} images; give more "
                              f"digits")
         if names:
-            rec = read_json(self.path("images", names[0]))
+            rec = read_record(ImageRecord, self.path("images", names[0]))
             return self.image_from_record(rec, ref) if rec else None
         return None
 
@@ -531,9 +563,9 @@ class ImageStore:
     def tag(self, image_id: str, ref: str) -> None:
         os.makedirs(self.path("tags"), exist_ok=True)
         path = self._tag_path(ref)
-        data = {"ref": ref, "id": image_id}
-        if read_json(path) != data:
-            write_json(path, data)
+        record = TagRecord(ref=ref, id=image_id)
+        if read_record(TagRecord, path) != record:
+            write_record(path, record)
         self._cache.pop(ref, None)
 
     def untag(self, ref: str) -> bool:
@@ -546,17 +578,7 @@ class ImageStore:
 
     def tags(self) -> dict[str, str]:
         """Every tag and the id it names."""
-        try:
-            names = os.listdir(self.path("tags"))
-        except FileNotFoundError:
-            return {}
-        out = {}
-        for name in names:
-            if name.endswith(".json"):
-                data = read_json(self.path("tags", name))
-                if data:
-                    out[data["ref"]] = data["id"]
-        return out
+        return {tag.ref: tag.id for tag in self._all(TagRecord, "tags")}
 
     def find_tag(self, ref: str) -> Image | None:
         names = [ref, f"{ref}:latest"]
@@ -567,9 +589,9 @@ class ImageStore:
         except ImageError:
             pass
         for name in names:
-            data = read_json(self._tag_path(name))
-            if data:
-                rec = self.record(data["id"])
+            tag = read_record(TagRecord, self._tag_path(name))
+            if tag is not None:
+                rec = self.record(tag.id)
                 if rec:
                     return self.image_from_record(rec, ref)
         return None
@@ -593,15 +615,29 @@ class ImageStore:
 
     def blob_layer(self, digest: str) -> str | None:
         """The layer a compressed blob unpacked to, if it is still in the store."""
-        data = read_json(self.path("blobmap", digest.split(":", 1)[-1] + ".json"))
-        if data and os.path.isdir(self.path("layers", data["layer"])):
-            return str(data["layer"])
+        link = read_record(BlobLink, self.path("blobmap", digest.split(":", 1)[-1] + ".json"))
+        if link is not None and os.path.isdir(self.path("layers", link.layer)):
+            return link.layer
         return None
 
     def map_blob(self, digest: str, lid: str, media_type: str) -> None:
+        """Record that blob ``digest`` (of ``media_type``) unpacked to layer ``lid``."""
         os.makedirs(self.path("blobmap"), exist_ok=True)
-        write_json(self.path("blobmap", digest.split(":", 1)[-1] + ".json"),
-                   {"digest": digest, "layer": lid, "mediaType": media_type})
+        write_record(self.path("blobmap", digest.split(":", 1)[-1] + ".json"),
+                     BlobLink(digest=digest, layer=lid, media_type=media_type))
+
+    # -- the Containerfile step cache ----------------------------------------------------
+    def cached_step(self, key: str) -> str | None:
+        """The layer the build step with cache key ``key`` made, if it is still here."""
+        entry = read_record(StepCacheEntry, self.path("cache", f"{key}.json"))
+        if entry is not None and os.path.isdir(self.path("layers", entry.layer)):
+            return entry.layer
+        return None
+
+    def cache_step(self, key: str, entry: StepCacheEntry) -> None:
+        """Record that the build step with cache key ``key`` made ``entry.layer``."""
+        os.makedirs(self.path("cache"), exist_ok=True)
+        write_record(self.path("cache", f"{key}.json"), entry)
 
     # -- front doors ---------------------------------------------------------------------
     def build(self, path_or_name: str | os.PathLike[str], tag: str | None = None,
@@ -666,5 +702,13 @@ def base_history(image: Image) -> list[dict[str, Any]]:
         return [dict(h) for h in image.history]
     if image.from_host_os:
         return []
-    return [{"created": "1970-01-01T00:00:00Z", "created_by": f"nsbox built-in {image.ref}"}
+    return [{"created": EPOCH, "created_by": f"nsbox built-in {image.ref}"}
             for _ in image.layers]
+
+
+def _listdir(path: str) -> list[str]:
+    """The names in folder ``path``, sorted; none when it does not exist (yet)."""
+    try:
+        return sorted(os.listdir(path))
+    except FileNotFoundError:
+        return []

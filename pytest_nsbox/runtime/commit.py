@@ -40,10 +40,8 @@ def commit_box(box: Any, tag: str | None = None) -> Image:
         created_by = f"nsbox commit of box {box.name}"
         lid = store.add_layer(tmp, created_by=created_by)
         ids = [*own_layers(image), lid]
-        info = store.layer_info(lid)
         history = [*base_history(image),
-                   {"created": info.get("created") or "1970-01-01T00:00:00Z",
-                    "created_by": created_by}]
+                   {"created": store.layer_created(lid), "created_by": created_by}]
         config = store.make_config(parent=image, layer_ids=ids, env=dict(image.env),
                                    workdir=image.workdir, labels=dict(image.labels),
                                    history=history)
