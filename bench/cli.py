@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import os
 import platform
 import re
@@ -22,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from . import figures, peers, report, workspace
+from . import figures, isolate, peers, report, workspace
 from .report import Figure, Results
 from .stats import Summary, fmt_ms
 from .suite import NOBOX_TESTS, SuiteFailed, Suites, mean_or_none, median_or_none
@@ -49,12 +50,19 @@ class Plan:
     build_rounds: int
     trace_rounds: int
     session_rounds: int
+    isolate_tests: int  # tests in each suite of the whole-test isolation figures
+    isolate_rounds: int  # interleaved rounds of whole sessions per suite
 
     @classmethod
     def make(cls, quick: bool, rounds: int | None) -> Plan:
         if quick:
-            return cls(rounds or 5, 20, 50, 1, 3, QUICK_IMAGES, 5, 3, 2, 3, 5)
-        return cls(rounds or 60, 300, 500, 3, 30, IMAGES, 20, 30, 10, 30, 40)
+            return cls(rounds or 5, 20, 50, 1, 3, QUICK_IMAGES, 5, 3, 2, 3, 5, 20, 1)
+        return cls(rounds or 60, 300, 500, 3, 30, IMAGES, 20, 30, 10, 30, 40, 500, 3)
+
+
+def target_text(ms: float | None) -> str:
+    """A figure's target cell for an upper bound in ms (empty for none)."""
+    return "" if ms is None else f"≤ {ms:g} ms"
 
 
 def say(line: str) -> None:
@@ -284,6 +292,7 @@ class Bench:
 
         self.figure("`run(['true'])` in a live box", lambda: self.exec_figure(image), "≤ 2 ms")
         self.suite_figures()
+        self.isolate_figures()
         (small, _), (big, _) = plan.image_sizes
         self.figure(f"start time, {big} image against {small}",
                     lambda: self.image_figure(f"start time, {big} image against {small}"),
@@ -400,6 +409,72 @@ class Bench:
         self.figure("warm pool (`nsbox_pool = 2`): overhead per test", pool)
         self.figure(f"`pytest -n 2` throughput ({n} box tests)", xdist)
 
+    def isolate_figures(self) -> None:
+        """Issue 11's figures: what ``--nsbox-isolate`` adds per test to a trivial suite and
+        to one with ``tmp_path`` and a session fixture, and pytest-forked's ``--forked``
+        on the same sessions (the peer). One set of interleaved rounds per suite serves
+        both rows."""
+        plan = self.plan
+        n = plan.isolate_tests
+        suites = isolate.IsolateSuites(os.path.join(self.ws.disk, "isolate"), n)
+        forked = isolate.forked_version()
+        modes = ["plain", "isolated"] + (["forked"] if forked else [])
+        for suite in isolate.SUITES:
+            what = f"{n} {isolate.DESCRIBED[suite]}"
+            runs = functools.cache(functools.partial(
+                suites.rounds, suite, modes, plan.isolate_rounds, say))
+            for mode, name, goal in (
+                    ("isolated", f"`--nsbox-isolate`: extra cost per test ({what})",
+                     isolate.GOAL_MS),
+                    ("forked", f"pytest-forked `--forked`: extra cost per test ({what})", None)):
+                self.figure(name, functools.partial(self.extra_figure, name, goal, mode, suite,
+                                                    n, runs, forked), target_text(goal))
+
+    @staticmethod
+    def extra_figure(name: str, goal: float | None, mode: str, suite: str, n: int,
+                     runs: Callable[[], tuple[dict[str, list[isolate.Session]], dict[str, str]]],
+                     forked: str | None) -> Figure:
+        """One row of the isolation figures: the median over rounds of ``mode``'s extra
+        cost per test in ms (``goal``: the most it should be, or None), how it was
+        measured and where the time goes in the note."""
+        if mode == "forked" and not forked:
+            raise figures.Unavailable(
+                "pytest-forked is not installed (ci/bench installs the bench extra)")
+        sessions, failed = runs()
+        for m in ("plain", mode):
+            if m in failed:
+                raise SuiteFailed(failed[m])
+        extra = isolate.Extra.of(sessions[mode], sessions["plain"], n)
+        per_test = (f"per test, `logstart`->`logfinish` in the outer process: extra median "
+                    f"{fmt_ms(extra.per_test.median)} ms, p90 {fmt_ms(extra.per_test.p90)}"
+                    if extra.per_test else
+                    "no per-test timestamps (the outer process logged no `logstart`/"
+                    "`logfinish`)")
+        outside = (f"; outside the tests (start-up, collection, wind-down) "
+                   f"{statistics.median(extra.outside_s):+.2f} s per session"
+                   if extra.outside_s else "")
+        if outside and extra.startup_s:
+            outside += (f", of which before the first test "
+                        f"{statistics.median(extra.startup_s):+.2f} s")
+        setups = (f"; session fixture setups: {extra.setups_text()}"
+                  if suite == "fixtures" else "")
+        peer = ""
+        if mode == "forked":
+            shim = (", its reports' `NodeId` sent as text by the suite's conftest (pytest "
+                    "≥ 9.2)" if isolate.forked_needs_nodeid_shim() else "")
+            peer = f"; pytest-forked {forked}{shim}"
+        value = extra.median_ms
+        whole = f"(t_{mode} - t_plain) / {extra.n} of whole sessions"
+        how = (f"one round of {whole}" if len(extra.rounds_ms) == 1 else
+               f"median of {len(extra.rounds_ms)} interleaved rounds of {whole}: "
+               f"{', '.join(fmt_ms(r) for r in extra.rounds_ms)} ms")
+        medians = " (medians)" if len(extra.rounds_ms) > 1 else ""
+        return Figure(name, f"{fmt_ms(value)} ms", target_text(goal),
+                      value <= goal if goal is not None else None,
+                      note=f"{how}; sessions{medians} {mode} {extra.mode_s:.2f} s, plain "
+                           f"{extra.plain_s:.2f} s; {per_test}{outside}{setups}{peer}",
+                      score=max(value, 0) / goal if goal is not None else None)
+
     def image_figure(self, name: str) -> Figure:
         sizes = dict(self.plan.image_sizes)
         out, how = figures.image_start(self.ws, sizes, self.plan.image_rounds)
@@ -490,7 +565,9 @@ def main(argv: list[str] | None = None) -> int:
         ("load", load_text),
         ("rounds", (f"{plan.rounds} interleaved lifecycle rounds (+{WARMUP} warm-up), "
                     f"{plan.exec_runs} commands, {plan.suite_tests}-test suites x "
-                    f"{plan.suite_reps}, {plan.session_rounds} no-box sessions each way")),
+                    f"{plan.suite_reps}, {plan.session_rounds} no-box sessions each way, "
+                    f"{plan.isolate_rounds} rounds of {plan.isolate_tests}-test sessions "
+                    f"per isolation suite")),
         ("where", ("peers' uppers, bundles and state on tmpfs (/dev/shm/nsbox-bench-*), "
                    "their layers on disk (/var/tmp/nsbox-bench-*), as nsbox keeps uppers in "
                    "/dev/shm/nsbox and layers in /var/lib/nsbox; " + ns_note)),

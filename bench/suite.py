@@ -78,6 +78,25 @@ class SuiteFailed(Exception):
     pass
 
 
+def suite_env(extra: dict[str, str] | None = None, drop: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a generated suite's pytest: this one's, less what would steer
+    the run from outside (``PYTEST_*`` such as ``PYTEST_ADDOPTS`` or an xdist worker's
+    variables, nsbox tracing, coverage) and the names in ``drop``, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("PYTEST_", "NSBOX_TRACE", "COV_")) and k not in drop}
+    env.update(extra or {})
+    return env
+
+
+def failure(args: tuple[str, ...] | list[str], where: str,
+            proc: subprocess.CompletedProcess[str]) -> SuiteFailed:
+    """A ``SuiteFailed`` naming the pytest arguments, the suite, the exit status and the
+    last lines pytest printed."""
+    tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+    return SuiteFailed(f"pytest {' '.join(args)} in {where} exited {proc.returncode}: "
+                       f"{' | '.join(tail)}")
+
+
 @dataclass
 class SuiteRun:
     seconds: float
@@ -109,9 +128,7 @@ class Suites:
         """Run suite ``kind`` (``box``, ``plain`` or ``nobox``); extra args go to pytest."""
         d = os.path.join(self.base, kind)
         log = os.path.join(self.base, f"setup-{kind}.json")
-        env = {k: v for k, v in os.environ.items()
-               if not k.startswith(("PYTEST_", "NSBOX_TRACE", "COV_")) and k not in env_drop}
-        env.update(env_extra or {})
+        env = suite_env(env_extra, env_drop)
         env["NSBOX_BENCH_SETUP_LOG"] = log
         argv = [sys.executable, "-m", "pytest", "-q", *args]
         t0 = time.perf_counter()
@@ -119,9 +136,7 @@ class Suites:
                               capture_output=True, text=True, timeout=1800, check=False)
         seconds = time.perf_counter() - t0
         if proc.returncode != 0:
-            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
-            raise SuiteFailed(f"pytest {' '.join(args)} in {kind} suite exited "
-                              f"{proc.returncode}: {' | '.join(tail)}")
+            raise failure(args, f"{kind} suite", proc)
         try:
             with open(log, encoding="utf-8") as f:
                 data = json.load(f)
