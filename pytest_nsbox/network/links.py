@@ -8,57 +8,17 @@ naming what was being done and the netlink errno.
 from __future__ import annotations
 
 import errno
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from . import shaping
 from .errors import NetworkError
+from .netlink import failure, netlink_error, rtnl, step
 
 #: The bridge in every switch namespace (one per namespace, so one name does).
 BRIDGE = "nsb-br0"
 #: The box's end of its veth pair.
 BOX_IFNAME = "eth0"
 IFNAMSIZ = 16  # <linux/if.h>: 15 bytes and a NUL
-
-
-def _rtnl() -> Any:
-    from pyroute2 import IPRoute  # type: ignore[import-untyped]
-
-    return IPRoute(ext_ack=True)
-
-
-def failure(what: str, exc: Any) -> NetworkError:
-    """``<what> failed: netlink error 17 (File exists: <the kernel's extended ack>)``."""
-    code = getattr(exc, "code", 0) or 0
-    reason = os.strerror(code)
-    detail = exc.args[1] if len(getattr(exc, "args", ())) > 1 else ""
-    if detail and detail != reason:
-        reason = f"{reason}: {detail}"
-    return NetworkError(f"{what} failed: netlink error {code} ({reason})")
-
-
-def netlink_error() -> type[Exception]:
-    """pyroute2's ``NetlinkError`` (imported on first use: pyroute2 takes 0.2 s to load)."""
-    from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
-
-    return NetlinkError  # type: ignore[no-any-return]
-
-
-@contextmanager
-def step(what: str, kind: str | None = None) -> Iterator[None]:
-    """Turn a netlink error into a ``NetworkError`` saying ``what`` failed; when adding an
-    interface of ``kind`` the kernel does not know, say which module is missing."""
-    try:
-        yield
-    except netlink_error() as exc:
-        error = failure(what, exc)
-        if kind is not None and getattr(exc, "code", None) == errno.EOPNOTSUPP:
-            error = NetworkError(f"{error}: this kernel has no {kind} interfaces (module "
-                                 f"{kind}, CONFIG_{'VETH' if kind == 'veth' else 'BRIDGE'}); "
-                                 f"load it with `modprobe {kind}`")
-        raise error from None
 
 
 def check_ifname(name: str) -> str:
@@ -80,7 +40,7 @@ def _index(ipr: Any, name: str, where: str) -> int:
 
 def setup_switch(address: str, prefixlen: int) -> None:
     """In a new switch namespace: the bridge, up, with the network's gateway address."""
-    with _rtnl() as ipr:
+    with rtnl() as ipr:
         with step(f"adding bridge {BRIDGE}", kind="bridge"):
             ipr.link("add", ifname=BRIDGE, kind="bridge")
         index = _index(ipr, BRIDGE, "the switch namespace")
@@ -94,7 +54,7 @@ def add_port(veth: str, box_netns: int, plan: list[shaping.Qdisc], box: str) -> 
     """In the switch namespace: a veth pair whose peer is ``eth0`` in the box's namespace
     (created there directly), this end on the bridge, up, shaped by ``plan``."""
     check_ifname(veth)
-    with _rtnl() as ipr:
+    with rtnl() as ipr:
         with step(f"adding veth pair {veth} (switch) / {BOX_IFNAME} (box {box!r})",
                   kind="veth"):
             ipr.link("add", ifname=veth, kind="veth",
@@ -108,7 +68,7 @@ def add_port(veth: str, box_netns: int, plan: list[shaping.Qdisc], box: str) -> 
 
 def remove_port(veth: str) -> bool:
     """In the switch namespace: delete the veth pair (its box end goes with it)."""
-    with _rtnl() as ipr:
+    with rtnl() as ipr:
         found = ipr.link_lookup(ifname=veth)
         if not found:
             return False
@@ -124,7 +84,7 @@ def remove_port(veth: str) -> bool:
 def setup_box(address: str, prefixlen: int, gateway: str, plan: list[shaping.Qdisc],
               box: str) -> None:
     """In the box's namespace: ``eth0`` shaped, addressed, up, and the default route."""
-    with _rtnl() as ipr:
+    with rtnl() as ipr:
         index = _index(ipr, BOX_IFNAME, f"box {box!r}")
         shaping.apply(ipr, index, plan, f"box {box!r}: shaping what it sends ({BOX_IFNAME})")
         with step(f"box {box!r}: adding address {address}/{prefixlen} to {BOX_IFNAME}"):

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..units import duration_units, format_duration, format_number, format_rate, percent_u32
 from .errors import NetworkError
+from .netlink import failure, netlink_error
 
 if TYPE_CHECKING:
     from ..model.spec import BoxSpec
@@ -165,8 +166,6 @@ def missing_message(q: Qdisc, where: str) -> str:
 
 def apply(ipr: Any, index: int, plan: list[Qdisc], where: str) -> None:
     """Add ``plan``'s qdiscs to the interface ``index`` through the ``IPRoute`` ``ipr``."""
-    from .links import failure, netlink_error
-
     for q in plan:
         kwargs: dict[str, Any] = dict(q.params)
         if q.parent != ROOT:

@@ -63,7 +63,7 @@ def test_interface_names_fit_the_kernels_limit() -> None:
 def test_a_missing_interface_kind_names_its_module() -> None:
     import errno
 
-    from pytest_nsbox.network.links import netlink_error, step
+    from pytest_nsbox.network.netlink import netlink_error, step
 
     missing = r"adding bridge x failed: netlink error 95 .*no bridge .*`modprobe bridge`"
     with pytest.raises(NetworkError, match=missing), step("adding bridge x", kind="bridge"):

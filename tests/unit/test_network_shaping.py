@@ -145,7 +145,7 @@ def test_apply_sends_each_qdisc_in_order() -> None:
 
 
 def test_apply_turns_netlink_errors_into_network_errors() -> None:
-    from pytest_nsbox.network.links import netlink_error
+    from pytest_nsbox.network.netlink import netlink_error
 
     error = netlink_error()(errno.ENOENT, "Specified qdisc kind is unknown")
     with pytest.raises(NetworkError, match="sch_netem"):
