@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .build import ContainerfileBuilder as _ContainerfileBuilder
+from .images.build import install_default_builder as _install_default_builder
+
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
@@ -19,6 +22,12 @@ if TYPE_CHECKING:
     from .runtime.process import Process
     from .model.results import Change, RunResult
     from .model.spec import BoxSpec
+
+# The package's one wiring point for the default Containerfile builder: the image store
+# (L2) and the engine (L3) that makes it cannot import the builder (L4, its RUN steps run
+# boxes), so every Engine not given another gets this one (images.build.default_builder).
+# Both modules are small; the builder's own load at the first build.
+_install_default_builder(_ContainerfileBuilder())
 
 _EXPORTS = {
     "Box": "runtime.box", "Process": "runtime.process", "RunResult": "model.results",

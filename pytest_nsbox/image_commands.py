@@ -10,7 +10,8 @@ from .kernel import mountinfo
 from .kernel.fs import remove_tree
 from .images import builtin
 from .model.image import Image
-from .images.store import ImageStore, read_record
+from .images.content import read_record
+from .images.store import ImageStore
 from .model.image_records import BlobLink, StepCacheEntry
 
 TMP_MAX_AGE = 3600.0

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from pytest_nsbox.errors import ImageError
-from pytest_nsbox.images.build import expose_ports
+from pytest_nsbox.build.builder import expose_ports
 
 from test_images import Fresh, _can_run, built  # the suite's private-store helpers
 

@@ -26,7 +26,6 @@ from pytest_nsbox import Box
 from pytest_nsbox.errors import ImageError
 from pytest_nsbox import image_commands as image_commands
 from pytest_nsbox.runtime.commit import commit_box
-from pytest_nsbox.images.store import ImageStore
 from pytest_nsbox.runtime.engine import Engine, check_host, default_engine
 from pytest_nsbox.state import StateDirs
 
@@ -54,12 +53,11 @@ class Fresh:
 
     def __init__(self, root: Path) -> None:
         self.dirs = StateDirs(store=str(root / "store"), run=default_engine().dirs.run)
-        self.store = ImageStore(self.dirs)
+        self.host = Engine(dirs=self.dirs)
+        self.store = self.host.store
         self.store.images_dir = str(root / "fixtures_images")
         self.lines: list[str] = []
         self.store.progress = self.lines.append
-        self.host = Engine(dirs=self.dirs, _store=self.store)
-        self.store._engine = self.host
 
     def box(self, image: str, **keys: object) -> Box:
         return Box(image=image, engine=self.host, **keys)

@@ -138,7 +138,7 @@ def test_anonymous_pull_runs_and_a_second_pull_downloads_nothing(
             fresh.store.get(ref)  # plain http only for registries listed as insecure
         fresh.store.insecure_registries = [registry.name]
         image = fresh.store.get(ref)
-        assert fresh.store.last_pull["blobs_downloaded"] == 3  # config + two layers
+        assert fresh.store.last_pull.blobs_downloaded == 3  # config + two layers
         layer_lines = [line for line in fresh.lines if " layer " in line]
         assert len(layer_lines) == 2 and all("downloading" in line for line in layer_lines)
         with fresh.box(ref) as box:
@@ -147,8 +147,8 @@ def test_anonymous_pull_runs_and_a_second_pull_downloads_nothing(
         fresh.lines.clear()
         again = fresh.store.pull(ref)
         assert again.id == image.id
-        assert fresh.store.last_pull["blobs_downloaded"] == 0
-        assert fresh.store.last_pull["bytes_downloaded"] == 0
+        assert fresh.store.last_pull.blobs_downloaded == 0
+        assert fresh.store.last_pull.bytes_downloaded == 0
         assert all("already here" in line for line in fresh.lines if " layer " in line)
         digest_ref = f"{registry.name}/nsbox/hello@{_manifest_digest(registry, 'nsbox/hello')}"
         assert fresh.store.pull(digest_ref).id == image.id

@@ -27,10 +27,11 @@ from filelock import FileLock
 from ..errors import ImageError
 from ..kernel.arch import oci_platform
 from ..kernel.fs import remove_tree
-from . import layers as layerfs, refs
 from ..model.image import Image
 from ..model.image_records import Descriptor
-from .store import LOCK_TIMEOUT, ImageStore, canonical_json
+from . import layers as layerfs, refs
+from .content import LOCK_TIMEOUT, ContentStore, canonical_json
+from .refs import check_digest
 
 OCI_LAYOUT = {"imageLayoutVersion": "1.0.0"}
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -54,7 +55,6 @@ LAYER_TYPES = (
 ZSTD_TYPES = ("application/vnd.oci.image.layer.v1.tar+zstd",
               "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd")
 REF_NAME = "org.opencontainers.image.ref.name"
-_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
 
 
 # -- sources: where blobs are read from ---------------------------------------------------
@@ -170,13 +170,6 @@ class TarSource(Source):
         self.tar.close()
 
 
-def check_digest(digest: Any, where: str) -> str:
-    if not isinstance(digest, str) or not _DIGEST.match(digest):
-        raise ImageError(f"{where}: {digest!r} is not a sha256 digest (sha256:<64 hex>); "
-                         f"only sha256 is supported")
-    return digest
-
-
 def verified(data: bytes, digest: str, where: str) -> bytes:
     got = "sha256:" + layerfs.sha256_hex(data)
     if got != digest:
@@ -194,11 +187,12 @@ def parse_json(data: bytes, where: str) -> Any:
 
 # -- import -------------------------------------------------------------------------------
 
-def load_ref(store: ImageStore, ref: str) -> Image:
+def load_ref(store: ContentStore, ref: str, start: str) -> Image:
     """``oci:PATH[:REF]``, ``oci-archive:PATH[:REF]`` or ``docker-archive:PATH[:NAME:TAG]``,
-    split as skopeo splits them (``refs.parse``: the path ends at the first ``:``)."""
+    split as skopeo splits them (``refs.parse``: the path ends at the first ``:``); a
+    relative PATH starts at folder ``start``."""
     parsed = refs.parse(ref)
-    full = store.abspath(parsed.path)
+    full = os.path.abspath(os.path.join(start, parsed.path))
     if not os.path.exists(full):
         hint = ""
         if parsed.name is not None or parsed.index is not None:
@@ -215,7 +209,7 @@ def load_ref(store: ImageStore, ref: str) -> Image:
     return load_path(store, full, tag=parsed.name, ref=ref, index=parsed.index)
 
 
-def load_path(store: ImageStore, path: str, tag: str | None = None,
+def load_path(store: ContentStore, path: str, tag: str | None = None,
               ref: str | None = None, index: int | None = None) -> Image:
     """Import the image at ``path`` (a layout directory or an archive): the one tagged
     ``tag``, the ``index``-th, or the only one."""
@@ -269,7 +263,7 @@ def _media_type(doc: dict[str, Any], declared: str | None) -> str:
     return OCI_INDEX if "manifests" in doc else OCI_MANIFEST
 
 
-def _load_oci(store: ImageStore, source: Source, tag: str | None, ref: str,
+def _load_oci(store: ContentStore, source: Source, tag: str | None, ref: str,
               number: int | None = None) -> Image:
     index = parse_json(source.read("index.json"), f"{source.name}/index.json")
     entries = index.get("manifests") or []
@@ -299,7 +293,7 @@ def _nth(items: list[Any], number: int, where: str, what: str) -> Any:
     return items[number]
 
 
-def _load_entry(store: ImageStore, source: Source, entry: dict[str, Any], ref: str,
+def _load_entry(store: ContentStore, source: Source, entry: dict[str, Any], ref: str,
                 tags: list[str], depth: int = 0) -> Image:
     digest = check_digest(entry.get("digest"), source.name)
     where = f"{source.name}: manifest {digest[:19]}"
@@ -318,7 +312,7 @@ def _load_entry(store: ImageStore, source: Source, entry: dict[str, Any], ref: s
                            lambda d: source.read(source.blob_rel(d)))
 
 
-def import_manifest(store: ImageStore, doc: dict[str, Any], where: str, ref: str,
+def import_manifest(store: ContentStore, doc: dict[str, Any], where: str, ref: str,
                     tags: list[str], open_blob: Callable[[str], IO[bytes]],
                     read_blob: Callable[[str], bytes],
                     progress: Callable[[int, int, dict[str, Any], bool], None] | None = None
@@ -361,7 +355,7 @@ def import_manifest(store: ImageStore, doc: dict[str, Any], where: str, ref: str
                            config_digest=config_digest, tags=tags)
 
 
-def _have_layer(store: ImageStore, diff_id: str) -> str | None:
+def _have_layer(store: ContentStore, diff_id: str) -> str | None:
     lid = diff_id.split(":", 1)[1]
     return lid if os.path.isdir(store.path("layers", lid)) else None
 
@@ -380,7 +374,7 @@ class _Tee(io.RawIOBase):
         return len(data)
 
 
-def import_layer(store: ImageStore, opener: Callable[[], IO[bytes]], digest: str | None,
+def import_layer(store: ContentStore, opener: Callable[[], IO[bytes]], digest: str | None,
                  media_type: str, diff_id: str, where: str, size: int | None = None,
                  keep_blob: bool = True) -> str:
     """Unpack one layer blob into the store, checking its digest and diff_id; its id."""
@@ -424,7 +418,7 @@ def import_layer(store: ImageStore, opener: Callable[[], IO[bytes]], digest: str
                 os.unlink(blob_tmp)
 
 
-def _load_docker(store: ImageStore, source: TarSource, pick: str | None,
+def _load_docker(store: ContentStore, source: TarSource, pick: str | None,
                  ref: str | None, number: int | None = None) -> Image:
     where = f"{source.name}/manifest.json"
     manifest = parse_json(source.read("manifest.json"), where)
@@ -507,7 +501,7 @@ def save(image: Image, path: str, format: str = "oci", tag: str | None = None) -
         raise ImageError(f"image {image.ref!r} is based on 'host': its bottom layer is this "
                          f"machine's own /, which cannot be saved; base the image on busybox, "
                          f"scratch or an imported image to save it")
-    store: ImageStore | None = image.store
+    store: ContentStore | None = image.store
     if store is None:
         raise ImageError(f"image {image.ref!r} does not come from an image store; get it "
                          f"with nsbox_images.get()")
@@ -533,7 +527,7 @@ def save(image: Image, path: str, format: str = "oci", tag: str | None = None) -
 
 
 class _Exporter:
-    def __init__(self, store: ImageStore, image: Image, compress: bool) -> None:
+    def __init__(self, store: ContentStore, image: Image, compress: bool) -> None:
         self.store = store
         self.image = image
         self.compress = compress

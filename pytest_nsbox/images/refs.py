@@ -1,4 +1,10 @@
-"""Transport references as skopeo and containers/image parse them.
+"""Image references: registry references as Docker normalizes them, transport references
+as skopeo and containers/image parse them, and digests.
+
+``Reference`` is ``[registry/]repository[:tag][@digest]`` (distribution/reference's
+grammar and normalization). ``check_digest`` accepts the one digest algorithm the store
+uses, ``sha256:<64 hex>`` (OCI image spec descriptor.md "Digests").
+
 
 ``oci:PATH[:REF]``, ``oci-archive:PATH[:REF]`` and ``docker-archive:PATH[:NAME[:TAG]]`` each
 split at the *first* ``:`` after the transport name (containers/image
@@ -18,8 +24,97 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import ImageError
+
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}\Z")
+
+
+def check_digest(digest: Any, where: str) -> str:
+    """``digest`` when it is ``sha256:<64 hex>``; else an ``ImageError`` naming ``where``."""
+    if not isinstance(digest, str) or not _DIGEST.match(digest):
+        raise ImageError(f"{where}: {digest!r} is not a sha256 digest (sha256:<64 hex>); "
+                         f"only sha256 is supported")
+    return digest
+
+
+# -- registry references ------------------------------------------------------------------
+
+#: Docker Hub as references name it, and the host its API answers on.
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_API = "registry-1.docker.io"
+#: Other names of Docker Hub, normalized to ``DOCKER_HUB``.
+HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
+_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
+_TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """``[registry/]repository[:tag][@digest]``, normalized as docker does
+    (distribution/reference ``ParseNormalizedNamed``: ``app`` is
+    ``docker.io/library/app``, a reference without tag or digest gets ``latest``)."""
+
+    registry: str
+    repository: str
+    tag: str | None
+    digest: str | None
+
+    @property
+    def api_host(self) -> str:
+        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
+
+    def __str__(self) -> str:
+        out = f"{self.registry}/{self.repository}"
+        if self.tag:
+            out += f":{self.tag}"
+        if self.digest:
+            out += f"@{self.digest}"
+        return out
+
+    @classmethod
+    def parse(cls, ref: str) -> Reference:
+        """``ref`` (``docker://`` allowed in front) parsed and normalized; ``ImageError``
+        for a bad tag, digest or repository name."""
+        text = ref[len("docker://"):] if ref.startswith("docker://") else ref
+        name, _, digest = text.partition("@")
+        if digest:
+            check_digest(digest, f"image {ref!r}")
+        first, slash, rest = name.partition("/")
+        if slash and ("." in first or ":" in first or first == "localhost"):
+            registry, path = first, rest
+        else:
+            registry, path = DOCKER_HUB, name
+        tag = None
+        colon = path.rfind(":")
+        if colon > path.rfind("/"):
+            path, tag = path[:colon], path[colon + 1:]
+            if not _TAG.match(tag):
+                raise ImageError(f"image {ref!r}: {tag!r} is not a valid tag")
+        if registry in HUB_ALIASES:
+            registry = DOCKER_HUB
+        if registry == DOCKER_HUB and "/" not in path:
+            path = f"library/{path}"
+        if not _PATH.match(path):
+            raise ImageError(f"image {ref!r}: {path!r} is not a repository name (lower-case "
+                             f"letters, digits, '.', '_', '-' and '/')")
+        if tag is None and digest == "":
+            tag = "latest"
+        return cls(registry=registry, repository=path, tag=tag, digest=digest or None)
+
+
+def looks_like_registry_ref(ref: str) -> bool:
+    """A reference that names its registry (``host[:port]/name...``) or a digest."""
+    if ref.startswith("docker://"):
+        return True
+    first, slash, _rest = ref.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
+
+# -- transport references -----------------------------------------------------------------
 
 #: The transports this module parses, as written before the first ``:``.
 TRANSPORTS = ("oci", "oci-archive", "docker-archive")
@@ -105,8 +200,6 @@ def docker_name(name: str, ref: str) -> str:
     """A docker-archive image name as Docker normalizes it: ``app`` ->
     ``docker.io/library/app:latest`` (distribution/reference ``ParseNormalizedNamed`` and
     ``TagNameOnly``). A digest is refused, as containers/image does."""
-    from .registry import Reference
-
     if "@" in name:
         raise ImageError(f"image {ref!r}: docker-archive does not support digest references "
                          f"({name!r}); name the image by its tag, e.g. app:1.0")
@@ -121,8 +214,6 @@ def docker_name(name: str, ref: str) -> str:
 def same_docker_name(tag: str, wanted: str) -> bool:
     """Whether a ``RepoTags`` entry names ``wanted`` (already normalized), as
     containers/image's tarfile ``ChooseManifestItem`` compares them."""
-    from .registry import Reference
-
     try:
         return str(Reference.parse(tag)) == wanted
     except ImageError:

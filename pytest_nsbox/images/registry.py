@@ -23,86 +23,23 @@ import re
 import ssl
 import time
 import urllib.parse
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ImageError
-from . import layers as layerfs
 from ..model.image import Image
+from . import layers as layerfs
+from .content import ContentStore
 from .oci import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
-                  OCI_MANIFEST, check_digest, import_manifest, parse_json, pick_platform)
-from .store import ImageStore
+                  OCI_MANIFEST, import_manifest, parse_json, pick_platform)
+from .refs import (DOCKER_HUB, HUB_ALIASES, Reference, check_digest,
+                   looks_like_registry_ref)
 
 TIMEOUT = 30.0
 MAX_REDIRECTS = 5
 MAX_MANIFEST = 4 << 20
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
-DOCKER_HUB = "docker.io"
-DOCKER_HUB_API = "registry-1.docker.io"
-_HUB_ALIASES = {"docker.io", "index.docker.io", "registry-1.docker.io", "registry.hub.docker.com"}
-_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_PATH = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*\Z")
-_TAG = re.compile(r"[\w][\w.-]{0,127}\Z")
-
-
-@dataclass(frozen=True)
-class Reference:
-    """``[registry/]repository[:tag][@digest]``, normalized as docker does."""
-
-    registry: str
-    repository: str
-    tag: str | None
-    digest: str | None
-
-    @property
-    def api_host(self) -> str:
-        return DOCKER_HUB_API if self.registry == DOCKER_HUB else self.registry
-
-    def __str__(self) -> str:
-        out = f"{self.registry}/{self.repository}"
-        if self.tag:
-            out += f":{self.tag}"
-        if self.digest:
-            out += f"@{self.digest}"
-        return out
-
-    @classmethod
-    def parse(cls, ref: str) -> Reference:
-        text = ref[len("docker://"):] if ref.startswith("docker://") else ref
-        name, _, digest = text.partition("@")
-        if digest:
-            check_digest(digest, f"image {ref!r}")
-        first, slash, rest = name.partition("/")
-        if slash and ("." in first or ":" in first or first == "localhost"):
-            registry, path = first, rest
-        else:
-            registry, path = DOCKER_HUB, name
-        tag = None
-        colon = path.rfind(":")
-        if colon > path.rfind("/"):
-            path, tag = path[:colon], path[colon + 1:]
-            if not _TAG.match(tag):
-                raise ImageError(f"image {ref!r}: {tag!r} is not a valid tag")
-        if registry in _HUB_ALIASES:
-            registry = DOCKER_HUB
-        if registry == DOCKER_HUB and "/" not in path:
-            path = f"library/{path}"
-        if not _PATH.match(path):
-            raise ImageError(f"image {ref!r}: {path!r} is not a repository name (lower-case "
-                             f"letters, digits, '.', '_', '-' and '/')")
-        if tag is None and digest == "":
-            tag = "latest"
-        return cls(registry=registry, repository=path, tag=tag, digest=digest or None)
-
-
-def looks_like_registry_ref(ref: str) -> bool:
-    """A reference that names its registry (``host[:port]/name...``) or a digest."""
-    if ref.startswith("docker://"):
-        return True
-    first, slash, _rest = ref.partition("/")
-    return bool(slash) and ("." in first or ":" in first or first == "localhost")
-
-
 # -- credentials --------------------------------------------------------------------------
 
 def _auth_files() -> list[str]:
@@ -119,7 +56,7 @@ def _host_of(key: str) -> str:
     if "://" in key:
         key = urllib.parse.urlsplit(key).netloc
     host = key.split("/", 1)[0]
-    return DOCKER_HUB if host in _HUB_ALIASES else host
+    return DOCKER_HUB if host in HUB_ALIASES else host
 
 
 def credentials(registry: str) -> tuple[str, str, str] | None:
@@ -156,11 +93,14 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
 
 
 class Client:
-    def __init__(self, store: ImageStore, ref: Reference) -> None:
+    """The distribution API of ``ref``'s registry, over https unless its host (or
+    ``host:port``) is in ``insecure``; blobs already in ``store`` are read from there."""
+
+    def __init__(self, store: ContentStore, ref: Reference,
+                 insecure: Collection[str] = ()) -> None:
         self.store = store
         self.ref = ref
         host = ref.api_host
-        insecure = set(store.insecure_registries)
         self.scheme = "http" if (host in insecure or ref.registry in insecure) else "https"
         self.creds = credentials(ref.registry)
         self.auth: str | None = None
@@ -341,9 +281,25 @@ def _errors(body: bytes) -> str:
     return f" ({'; '.join(msgs)})" if msgs else ""
 
 
-def pull(store: ImageStore, ref: str) -> Image:
+@dataclass(frozen=True)
+class Pulled:
+    """What one pull gave: ``image``, and for ``ref`` (normalized) how many blobs and bytes
+    were downloaded (0 when every layer was in the store already) in how many seconds."""
+
+    image: Image
+    ref: str
+    blobs_downloaded: int
+    bytes_downloaded: int
+    seconds: float
+
+
+def pull(store: ContentStore, ref: str, insecure: Collection[str] = ()) -> Pulled:
+    """Pull ``ref`` into ``store``; ``insecure`` are the registries (``host[:port]``)
+    reached over plain http. Raises ``ImageError`` for a bad reference, an unreachable
+    registry, missing or refused credentials, an unknown manifest, no image for this
+    host's platform, and any digest mismatch."""
     parsed = Reference.parse(ref)
-    client = Client(store, parsed)
+    client = Client(store, parsed, insecure)
     started = time.monotonic()
     reference = parsed.digest or parsed.tag or "latest"
     data, ctype = client.manifest(reference)
@@ -375,10 +331,8 @@ def pull(store: ImageStore, ref: str) -> Image:
     with store.using():
         image = import_manifest(store, doc, f"image {ref!r}", ref, [str(parsed)],
                                 client.blob, client.read_blob, progress)  # type: ignore[arg-type]
-    store.last_pull = {"ref": str(parsed), "blobs_downloaded": client.blobs,
-                       "bytes_downloaded": client.downloaded,
-                       "seconds": time.monotonic() - started}
     store.say(f"nsbox: pulled {parsed} ({client.blobs} blobs, "
               f"{client.downloaded / 1048576:.1f} MiB downloaded)")
-    return image
+    return Pulled(image=image, ref=str(parsed), blobs_downloaded=client.blobs,
+                  bytes_downloaded=client.downloaded, seconds=time.monotonic() - started)
 

@@ -15,7 +15,7 @@ from ..errors import ImageError
 from ..model.defaults import INIT_LAYER_RELPATHS
 from ..images import layers as layerfs
 from ..model.image import Image
-from ..images.store import base_history, own_layers
+from ..images.content import base_history, own_layers
 
 
 def commit_box(box: Any, tag: str | None = None) -> Image:

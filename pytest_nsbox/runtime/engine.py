@@ -1,5 +1,9 @@
 """What this process shares across boxes: state dirs, image store, cgroup backend.
 
+The engine makes its image store with the Containerfile builder it is given (``builder``;
+by default ``images.build.default_builder()``, which ``pytest_nsbox/__init__.py`` installs):
+the builder is above the runtime (its ``RUN`` steps run boxes), so it comes from above.
+
 Also the one place that decides whether this host can run boxes at all; its answer is a
 ``HostNotSupported`` whose message is one fix-it line (the plugin turns it into a skip).
 """
@@ -14,6 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 from ..errors import HostNotSupported
+from ..images.build import ImageBuilder, default_builder
 from ..images.store import ImageStore
 from ..state import StateDirs
 
@@ -53,11 +58,15 @@ def check_host() -> None:
 
 @dataclass
 class Engine:
-    """Lazily built, per-process shared runtime objects."""
+    """Lazily built, per-process shared runtime objects: the image store over ``dirs``
+    (built with ``builder``; None: a store that cannot build Containerfiles), the cgroup
+    backend under ``cgroup_parent``, the owner lock. ``rootdir`` is the pytest rootdir
+    that boxes of images based on ``host`` see."""
 
     dirs: StateDirs
     cgroup_parent: str | None = None
     rootdir: str | None = None
+    builder: ImageBuilder | None = field(default_factory=default_builder, repr=False)
     _store: ImageStore | None = field(default=None, repr=False)
     _cgroups: object | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -113,7 +122,7 @@ class Engine:
     def store(self) -> ImageStore:
         with self._lock:
             if self._store is None:
-                self._store = ImageStore(self.dirs)
+                self._store = ImageStore(self.dirs, builder=self.builder)
             return self._store
 
     @property

@@ -1,4 +1,4 @@
-"""images.containerfile: Dockerfile parsing as BuildKit's frontend does it, without building.
+"""build.containerfile: Dockerfile parsing as BuildKit's frontend does it, without building.
 
 The expected values are moby/buildkit's: its parser test corpus (vendored under
 ``buildkit_parser/``, see its NOTICE) and the tables of ``parser_test.go``,
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_nsbox.errors import ImageError
-from pytest_nsbox.images.containerfile import (Stage, _heredocs_from_line, _Located,
+from pytest_nsbox.build.containerfile import (Stage, _heredocs_from_line, _Located,
                                                go_duration, parse, parse_ast, parse_heredoc,
                                                parse_words)
 

@@ -1,4 +1,4 @@
-"""images.copy: COPY and ADD as BuildKit does them, against plain directories.
+"""build.copy: COPY and ADD as BuildKit does them, against plain directories.
 
 The image below a step is a stack of layer directories laid out by hand in tmp_path (in
 overlay form: a deletion is a 0:0 character device, ``trusted.overlay.opaque=y`` marks a
@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from pytest_nsbox.errors import ImageError
-from pytest_nsbox.images import copy as cp
+from pytest_nsbox.build import copy as cp
 from pytest_nsbox.model.image import Image
 from pytest_nsbox.images.layers import MergedView
 

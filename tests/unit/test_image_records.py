@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from pytest_nsbox.errors import ImageError
-from pytest_nsbox.images.store import ImageStore, read_record, write_record
+from pytest_nsbox.images.content import read_record, write_record
+from pytest_nsbox.images.store import ImageStore
 from pytest_nsbox.model.image_records import (BlobLink, Descriptor, ImageRecord, LayerInfo,
                                               StepCacheEntry, TagRecord)
 from pytest_nsbox.state import StateDirs

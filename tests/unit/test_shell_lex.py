@@ -1,4 +1,4 @@
-"""images.shell_lex: BuildKit's Dockerfile variable expansion and word splitting.
+"""build.shell_lex: BuildKit's Dockerfile variable expansion and word splitting.
 
 Every table here is moby/buildkit's own test data for frontend/dockerfile/shell/lex.go
 (``envVarTest``, ``wordsTest`` and the cases of ``lex_test.go``), converted to Python; the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_nsbox.images.shell_lex import Lex, ShellLexError, reverse_pattern, \
+from pytest_nsbox.build.shell_lex import Lex, ShellLexError, reverse_pattern, \
     shell_pattern_regex
 
 # moby/buildkit frontend/dockerfile/shell/envVarTest, rows for all platforms (A) and Unix

@@ -1,6 +1,6 @@
 """COPY and ADD as Docker's builder (BuildKit) does them: what they read, and the layer they write.
 
-API (what ``build.py`` calls)::
+API (what ``builder.py`` calls)::
 
     from . import copy as cp
 
@@ -86,9 +86,9 @@ from typing import IO, Any
 
 from ..errors import ImageError
 from ..overlay.diff import lookup
-from . import layers as layerfs
+from ..images import layers as layerfs
+from ..images.layers import Found, MergedView
 from ..model.image import Image
-from .layers import Found, MergedView
 
 Owner = tuple[int, int]
 DIR_MODE = 0o755  # fsutil copy.go defaultDirectoryMode; go-archive ImpliedDirectoryMode
