@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from pytest_nsbox.errors import ImageError
-from pytest_nsbox.images.registry import Reference, credentials, looks_like_registry_ref
+from pytest_nsbox.images.refs import Reference, looks_like_registry_ref
+from pytest_nsbox.images.registry import credentials
 from pytest_nsbox.kernel.arch import oci_platform as host_platform
 from test_images import Fresh, _can_run
 

@@ -59,6 +59,7 @@ from ..model.defaults import DEFAULT_PATH, INIT_LAYER_RELPATHS
 from ..model.image import Image
 from ..model.image_records import StepCacheEntry
 from ..model.spec import BoxSpec
+from ..overlay.view import MergedView
 from ..runtime.box import Box
 from ..runtime.engine import Engine, default_engine
 from . import containerfile as cf
@@ -541,11 +542,11 @@ class Builder:
                 state.history.append({"created_by": ins.text, "empty_layer": True})
                 return
             lower = self.image_of(state).layer_dirs
-            _parts, found = layerfs.MergedView(lower).resolve(workdir)
+            _parts, found = MergedView(lower).resolve(workdir)
             if found is not None and stat.S_ISDIR(found.st.st_mode):
                 state.history.append({"created_by": ins.text, "empty_layer": True})
                 return
-            owner = (cp.resolve_chown(state.user, layerfs.MergedView(lower), f"{where}: WORKDIR")
+            owner = (cp.resolve_chown(state.user, MergedView(lower), f"{where}: WORKDIR")
                      if state.user else None)
             key = _key(state.chain, "WORKDIR", workdir, owner)
 

@@ -85,10 +85,9 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import ImageError
-from ..overlay.diff import lookup
 from ..images import layers as layerfs
-from ..images.layers import Found, MergedView
 from ..model.image import Image
+from ..overlay.view import Found, MergedView, lookup
 
 Owner = tuple[int, int]
 DIR_MODE = 0o755  # fsutil copy.go defaultDirectoryMode; go-archive ImpliedDirectoryMode

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..errors import ImageError
-from ..overlay.diff import is_opaque, is_whiteout, lookup
+from ..overlay.view import is_opaque, is_whiteout
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -54,7 +54,6 @@ PAX_XATTR = "SCHILY.xattr."
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20
-MAX_SYMLINK_HOPS = 40
 
 
 def keep_xattr(name: str) -> bool:
@@ -688,97 +687,3 @@ def tree_size(path: str) -> int:
             except OSError:
                 continue
     return total
-
-
-# -- the merged view of a stack of layer directories -------------------------------------
-
-@dataclass(frozen=True)
-class Found:
-    path: str             # the host path of the entry, in the topmost layer that has it
-    st: os.stat_result
-    parts: tuple[str, ...]  # its path in the image, symlinks resolved
-
-
-class MergedView:
-    """Looks paths up in an image the way overlayfs would merge its layers (read-only)."""
-
-    def __init__(self, layer_dirs_bottom_first: list[str] | tuple[str, ...]) -> None:
-        self.layers = list(reversed(layer_dirs_bottom_first))
-
-    def resolve(self, path: str, follow_last: bool = True, root: tuple[str, ...] = ()
-                ) -> tuple[tuple[str, ...], Found | None]:
-        """``path`` in the image with symlinks resolved inside the image's root.
-
-        As Docker's ``FollowSymlinkInScope`` and containerd's ``fs.RootPath``: an absolute
-        link target starts again at the root, ``..`` never climbs above it, and a missing
-        component is kept as named while later ones still resolve (``gone/../link`` follows
-        ``link``). ``root`` (components of a directory of the image) makes that directory
-        the root instead, as for an archive that ``chrootarchive.Untar`` extracts there;
-        ``path`` is then relative to it.
-
-        Returns the resolved components (from the image's root) and the entry found there
-        (None if missing; the components then name where it would be created).
-        """
-        todo = [p for p in path.split("/") if p not in ("", ".")]
-        cur: list[str] = list(root)
-        hops = 0
-        while todo:
-            part = todo.pop(0)
-            if part == "..":
-                if len(cur) > len(root):
-                    cur.pop()
-                continue
-            cand = [*cur, part]
-            hit = lookup(self.layers, cand)
-            if hit is not None and stat.S_ISLNK(hit[1].st_mode) and (todo or follow_last):
-                hops += 1
-                if hops > MAX_SYMLINK_HOPS:
-                    raise ImageError(f"{path}: too many levels of symbolic links (a loop?)")
-                target = os.readlink(hit[0])
-                if target.startswith("/"):
-                    cur = list(root)
-                todo = [p for p in target.split("/") if p not in ("", ".")] + todo
-                continue
-            cur = cand
-        hit = lookup(self.layers, cur)
-        return tuple(cur), (Found(hit[0], hit[1], tuple(cur)) if hit is not None else None)
-
-    def listdir(self, parts: tuple[str, ...]) -> dict[str, Found]:
-        """The entries of the directory at symlink-free ``parts``, merged as overlayfs
-        merges a directory: the topmost layer's entry of a name wins, a whiteout hides the
-        name below it, and an opaque directory (or a non-directory) hides the layers
-        below. Empty when ``parts`` is not a directory."""
-        out: dict[str, Found] = {}
-        hidden: set[str] = set()
-        for layer in self.layers:
-            path, last = layer, False
-            for part in parts:
-                path = os.path.join(path, part)
-                try:
-                    st = os.lstat(path)
-                except (FileNotFoundError, NotADirectoryError):
-                    path = ""
-                    break
-                if is_whiteout(st) or not stat.S_ISDIR(st.st_mode):
-                    return out  # hidden here: nothing deeper shows through
-                last = last or is_opaque(path)
-            if path:
-                with os.scandir(path) as it:
-                    for entry in it:
-                        if entry.name in out or entry.name in hidden:
-                            continue
-                        st = entry.stat(follow_symlinks=False)
-                        if is_whiteout(st):
-                            hidden.add(entry.name)
-                        else:
-                            out[entry.name] = Found(entry.path, st, (*parts, entry.name))
-            if last:
-                break
-        return out
-
-    def read_bytes(self, path: str) -> bytes | None:
-        _parts, found = self.resolve(path)
-        if found is None or not stat.S_ISREG(found.st.st_mode):
-            return None
-        with open(found.path, "rb") as f:
-            return f.read()

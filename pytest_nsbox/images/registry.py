@@ -33,8 +33,7 @@ from . import layers as layerfs
 from .content import ContentStore
 from .oci import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
                   OCI_MANIFEST, import_manifest, parse_json, pick_platform)
-from .refs import (DOCKER_HUB, HUB_ALIASES, Reference, check_digest,
-                   looks_like_registry_ref)
+from .refs import DOCKER_HUB, HUB_ALIASES, Reference, check_digest
 
 TIMEOUT = 30.0
 MAX_REDIRECTS = 5

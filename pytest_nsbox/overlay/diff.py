@@ -10,59 +10,9 @@ from __future__ import annotations
 import os
 import stat
 
-from ..model.results import Change
 from ..model.defaults import INIT_LAYER_FILES
-
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def is_opaque(path: str | int) -> bool:
-    """An overlay opaque directory (by path, never following a link, or by open fd)."""
-    for name in OPAQUE_XATTRS:
-        try:
-            value = (os.getxattr(path, name) if isinstance(path, int)
-                     else os.getxattr(path, name, follow_symlinks=False))
-        except OSError:
-            continue
-        if value == b"y":
-            return True
-    return False
-
-
-def lookup(layers_top_first: list[str], parts: list[str]) -> tuple[str, os.stat_result] | None:
-    """The entry at symlink-free ``parts`` as overlayfs merges the layers, or None.
-
-    The topmost layer holding the path wins; a whiteout, a non-directory on the way, or an
-    opaque directory on the way hides everything deeper.
-    """
-    if not parts:
-        top = layers_top_first[0] if layers_top_first else "/"
-        return top, os.lstat(top)
-    for layer in layers_top_first:
-        path = layer
-        opaque_above = False
-        for i, part in enumerate(parts):
-            path = os.path.join(path, part)
-            try:
-                st = os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                break
-            if is_whiteout(st):
-                return None
-            if i == len(parts) - 1:
-                return path, st
-            if not stat.S_ISDIR(st.st_mode):
-                return None  # a non-directory here shadows every deeper layer
-            if is_opaque(path):
-                opaque_above = True
-        if opaque_above:
-            return None  # an opaque directory on the way: nothing deeper shows through
-    return None
-
+from ..model.results import Change
+from .view import is_opaque, is_whiteout, lookup
 
 _INIT_LAYER_DIRS = frozenset(os.path.dirname(p) for p in INIT_LAYER_FILES)
 

@@ -30,7 +30,7 @@ import pytest
 from pytest_nsbox.errors import ImageError
 from pytest_nsbox.build import copy as cp
 from pytest_nsbox.model.image import Image
-from pytest_nsbox.images.layers import MergedView
+from pytest_nsbox.overlay.view import MergedView
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="owners, whiteouts and trusted.* xattrs need root")

@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 import pytest_nsbox
-from pytest_nsbox.overlay.diff import changes, is_opaque, is_whiteout
+from pytest_nsbox.overlay.diff import changes
+from pytest_nsbox.overlay.view import is_opaque, is_whiteout
 from pytest_nsbox.model.results import Change
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,

@@ -20,16 +20,8 @@ from conftest import user_xattr_problem
 
 from pytest_nsbox.errors import ImageError
 from pytest_nsbox.images import layers
-from pytest_nsbox.images.layers import (
-    MergedView,
-    copy_tree,
-    diff_id,
-    is_opaque,
-    is_whiteout,
-    unpack_tar,
-    write_blob,
-    write_tar,
-)
+from pytest_nsbox.images.layers import copy_tree, diff_id, unpack_tar, write_blob, write_tar
+from pytest_nsbox.overlay.view import MergedView, is_opaque, is_whiteout
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0,
                                 reason="whiteouts, chown and trusted.* xattrs need root")
