@@ -166,9 +166,11 @@ class ImageStore(ContentStore):
         ``build_args`` are ``ARG`` values (over ``self.build_args``); ``target`` names the
         stage to build (default: the last); ``tag`` names the result in the store
         (a fixtures image is tagged with its name). Steps are cached as BuildKit caches
-        them. Returns the ``Image``; raises ``ImageError`` for a missing Containerfile, a
-        parse error, an unknown base image or stage, a failing ``RUN`` (its status and
-        output's tail) or a step past ``run_timeout`` seconds."""
+        them, by the store's ``builder``. Returns the ``Image``; raises ``ImageError`` for
+        a store without a builder, ``build_args`` that are not a mapping of names to
+        strings, a missing Containerfile, a parse error, an unknown base image or stage, a
+        failing ``RUN`` (its status and output's tail) or a step past ``run_timeout``
+        seconds."""
         if self.builder is None:
             raise ImageError(f"image {os.fspath(path_or_name)!r}: this image store "
                              f"({self.dirs.store}) was made without a Containerfile builder, "

@@ -1,6 +1,6 @@
 """The image store's records as data: what is written under the store for images and layers.
 
-One frozen dataclass per kind of file (the layout is in ``images/store.py``)::
+One frozen dataclass per kind of file (the layout is in ``images/content.py``)::
 
     images/<hex>.json    ImageRecord     an image: its layers, base and OCI config
     layerinfo/<id>.json  LayerInfo       a layer: diff_id, size, when and by what made,
