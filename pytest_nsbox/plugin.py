@@ -11,12 +11,14 @@ isolate).
 """
 from __future__ import annotations
 
+import copy
+import sys
 from collections.abc import Callable, Generator, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar
 
-import sys
-
 import pytest
+
+pytest_plugins = ["pytest_nsbox.teststats"]
 
 if TYPE_CHECKING:
     from .errors import NsboxError
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 MARKER = "sandbox"
 SESSION_PLUGIN = "nsbox-session"
 T = TypeVar("T")
+PT = TypeVar("PT", bound="_PerTest")
 P = ParamSpec("P")
 KEEP_CHOICES = ("never", "failed", "all")
 HELP_REQUIRE = ("fail, instead of skip, tests that need a box when this host cannot run "
@@ -46,8 +49,11 @@ HELP_POOL = ("warm pool: prepare up to N boxes for the next tests while the curr
              "(default 0: off)")
 HELP_BUILD_ARG = ("ARG value for Containerfile builds: KEY=VALUE (KEY alone takes its value "
                   "from the environment); repeatable, over ini nsbox_build_args")
-# ini defaults for marker keys: nsbox_<key>
-INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "timeout", "hostname", "user")
+#: ini defaults for marker keys, ``nsbox_<key>``: every key but ``name`` (one name for
+#: every box would clash); ``nsbox_isolate = true`` is ``--nsbox-isolate``.
+INI_DEFAULT_KEYS = ("image", "memory", "cpus", "pids", "network", "hostname", "env", "user",
+                    "binds", "timeout", "rate", "latency", "jitter", "loss", "privileged",
+                    "cap_add", "cap_drop", "seccomp", "isolate")
 
 spec_key = pytest.StashKey["BoxSpec | Exception"]()
 factory_key = pytest.StashKey["BoxFactory"]()
@@ -121,9 +127,10 @@ class NsboxSession:
         self.keep = keep
         cli = config.getoption("nsbox_require")
         self.require = bool(cli) if cli is not None else bool(config.getini("nsbox_require"))
-        self.isolate_all = bool(config.getoption("nsbox_isolate"))
         self.defaults = {key: config.getini(f"nsbox_{key}") for key in INI_DEFAULT_KEYS
                          if config.getini(f"nsbox_{key}")}
+        self.isolate_all = bool(config.getoption("nsbox_isolate")) or str(
+            self.defaults.get("isolate", "")).strip().lower() in ("1", "true", "yes", "on")
         self.kept: list[tuple[str, str]] = []
         self._engine: Any = None
         pool = str(config.getini("nsbox_pool") or "0").strip()
@@ -155,12 +162,15 @@ class NsboxSession:
             problem = str(exc)
         raise pytest.UsageError(problem)
 
-    def register(self, hooks: type[_PerTest]) -> None:
-        """Add one kind of per-test hooks to this session (once)."""
+    def register(self, hooks: type[PT]) -> PT:
+        """Add one kind of per-test hooks to this session (once); returns it."""
         name = f"nsbox-{hooks.__name__.strip('_').lower()}"
         manager = self.config.pluginmanager
-        if manager.get_plugin(name) is None:
-            manager.register(hooks(), name)
+        found = manager.get_plugin(name)
+        if found is None:
+            found = hooks()
+            manager.register(found, name)
+        return found
 
     @property
     def pool(self) -> Any:
@@ -361,7 +371,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if bad:
         settings.register(_SpecErrors)
     if isolated or settings.isolate_all:
-        settings.register(_Isolation)
+        settings.register(_Isolation).classify(config, items)
 
 
 class _PerTest:
@@ -381,29 +391,167 @@ class _SpecErrors(_PerTest):
             item.config.stash[_settings_key].as_outcome(item, found)
 
 
+BOX_FIXTURES = frozenset({"nsbox", "nsbox_factory", "nsbox_images"})
+isolation_key = pytest.StashKey["BoxSpec | None"]()
+
+
+def _isolation_spec(item: pytest.Item, isolate_all: bool) -> BoxSpec | None:
+    """The spec an isolated test's box gets; None when ``item`` runs here: it is not
+    isolated, its marker is invalid (its setup fails with that), or it makes boxes itself
+    (``nsbox``, ``nsbox_factory``, ``nsbox_images``: its boxes are its isolation)."""
+    from . import isolate
+
+    if isolate.inner() or BOX_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return None
+    found = item.stash.get(spec_key, None)
+    if found is None and not isolate_all:
+        return None
+    try:
+        spec = _item_spec(item)
+    except Exception:
+        return None
+    return spec if (isolate_all or spec.isolate) else None
+
+
+def _pytest_timeout(item: pytest.Item) -> float | None:
+    """pytest-timeout's timeout for ``item`` (its marker, ``--timeout``, ini ``timeout``),
+    in seconds; None without the plugin or a timeout."""
+    config = item.config
+    if not config.pluginmanager.has_plugin("timeout"):
+        return None
+    marker = item.get_closest_marker("timeout")
+    raw: object = None
+    if marker is not None:
+        raw = marker.args[0] if marker.args else marker.kwargs.get("timeout")
+    if raw is None:
+        raw = config.getoption("timeout", None)
+    if raw is None:
+        raw = config.getini("timeout") if "timeout" in config._parser._inidict else None
+    try:
+        value = float(raw) if raw not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return value if value and value > 0 else None
+
+
 class _Isolation(_PerTest):
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> bool | None:
-        """``isolate``: run the test body in a box instead of here."""
-        wanted = pyfuncitem.config.stash[_settings_key].isolate_all
-        found = pyfuncitem.stash.get(spec_key, None)  # marked tests' specs, from collection
-        if not wanted and (found is None or isinstance(found, Exception) or not found.isolate):
-            return None
+    """Isolated tests are not run here: each goes to this process's isolation worker
+    (``isolate.Worker``), one per image, network and binds, and its reports come back to
+    be logged here."""
+
+    def __init__(self) -> None:
         from . import isolate
 
-        if isolate.inner():
+        self.workers: dict[isolate.WorkerKey, isolate.Worker] = {}
+        self.problems: list[str] = []
+        self.timeouts: dict[str, float | None] = {}
+
+    def classify(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+        """Decide which tests are isolated. pytest-timeout's alarm for them is armed in
+        their box, where the test runs; here their timeout is read and the plugin told to
+        keep out of this process's wait (``timeout(0)``)."""
+        settings = config.stash[_settings_key]
+        for item in items:
+            spec = _isolation_spec(item, settings.isolate_all)
+            item.stash[isolation_key] = spec
+            if spec is not None and config.pluginmanager.has_plugin("timeout"):
+                self.timeouts[item.nodeid] = _pytest_timeout(item)
+                item.add_marker(pytest.mark.timeout(0), append=False)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None
+                                ) -> bool | None:
+        spec = item.stash.get(isolation_key, None)
+        if spec is None:
             return None
-        session = pyfuncitem.config.stash[_settings_key]
-        spec = session.outcome_of(pyfuncitem, _item_spec, pyfuncitem)
-        box = session.outcome_of(
-            pyfuncitem, session.factory(pyfuncitem),
-            name=f"isolated-{pyfuncitem.name}"[:63].replace("[", "-").replace("]", ""))
-        try:
-            isolate.run_inside(box, pyfuncitem, spec.timeout)
-        finally:
-            if "nsbox_factory" not in pyfuncitem.fixturenames:  # else it goes with the others
-                box.close()
+        ihook = item.ihook
+        ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+        for report in self._run(item, nextitem, spec):
+            ihook.pytest_runtest_logreport(report=report)
+        ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
         return True
+
+    def _run(self, item: pytest.Item, nextitem: pytest.Item | None,
+             spec: BoxSpec) -> list[pytest.TestReport]:
+        from . import isolate
+        from .errors import NsboxError
+        from .teststats import properties
+
+        settings = item.config.stash[_settings_key]
+        hook = item.config.hook
+        worker = None
+        try:
+            spec = copy.copy(spec)
+            hook.pytest_nsbox_box_spec(spec=spec, item=item)
+            spec = spec.validate()
+            key = isolate.WorkerKey.of(spec)
+            worker = self.workers.get(key)
+            if worker is None or not worker.alive:
+                if worker is not None:
+                    self._retire(key)
+                worker = isolate.Worker(item.config, lambda: settings.engine, key,
+                                        lambda s: _worker_box(settings, s))
+                self.workers[key] = worker
+                worker.start()
+            pytest_timeout = self.timeouts.get(item.nodeid)
+            hard = spec.timeout if spec.timeout is not None else (
+                pytest_timeout + isolate.TIMEOUT_GRACE if pytest_timeout else None)
+            outcome = worker.run(item, nextitem, spec, hard)
+        except Exception as exc:  # a test's outcome, never an internal error of the run
+            if worker is not None and not isinstance(exc, NsboxError):
+                self._retire(worker.key)
+            elif worker is not None and not worker.alive:
+                self._retire(worker.key)
+            return self._setup_error(item, exc)
+        stats = outcome.stats
+        props = properties(memory_peak=stats.memory_peak if stats else None,
+                           cpu_seconds=stats.cpu_seconds if stats else None,
+                           wall_seconds=outcome.wall, oom_kills=stats.oom_kills if stats else 0
+                           ) if item.config.getoption("nsbox_stats", None) is not None else []
+        if spec.timeout is not None and outcome.timed_out is not None:
+            outcome.timed_out = spec.timeout
+        return isolate.finish_reports(item, outcome, spec, props)
+
+    def _setup_error(self, item: pytest.Item, error: Exception) -> list[pytest.TestReport]:
+        """A test whose box or worker could not be had: our errors become its setup's
+        outcome (``NsboxSession.as_outcome``), as the ``nsbox`` fixture's do."""
+        from . import isolate
+        from _pytest.runner import CallInfo
+
+        settings = item.config.stash[_settings_key]
+
+        def fail() -> None:
+            if isinstance(error, isolate.WorkerGone):
+                _fail(f"{item.nodeid}: nsbox isolate: {error}")
+            settings.as_outcome(item, error)
+
+        call = CallInfo.from_call(fail, when="setup")
+        setup = item.ihook.pytest_runtest_makereport(item=item, call=call)
+        teardown = isolate._made(item, "teardown", "passed", None, 0.0)
+        return [setup, teardown]
+
+    def _retire(self, key: Any) -> None:
+        worker = self.workers.pop(key, None)
+        if worker is not None:
+            worker.close()
+            self.problems += worker.problems
+
+    def pytest_sessionfinish(self) -> None:
+        """End every worker's session (its fixtures are torn down there) and box."""
+        for key in list(self.workers):
+            self._retire(key)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self.problems:
+            terminalreporter.section("nsbox isolation")
+            for line in self.problems:
+                terminalreporter.write_line(line)
+
+
+def _worker_box(settings: NsboxSession, spec: BoxSpec) -> Box:
+    from .runtime.box import Box
+
+    return Box.from_spec(spec, engine=settings.engine, label="isolation-worker")
 
 
 class _Prefetch(_PerTest):

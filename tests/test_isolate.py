@@ -1,72 +1,454 @@
-"""isolate=True and --nsbox-isolate: the test body runs inside a box."""
+"""--nsbox-isolate and sandbox(isolate=True): each test body in a box of its own, forked
+from an isolation worker, with outcomes as a plain run gives them.
+
+The reports come back the way pytest-xdist ships its workers' (``pytest_report_to_serializable``
+/ ``pytest_report_from_serializable``, pytest-dev/pytest-xdist ``src/xdist/remote.py``
+``WorkerInteractor.pytest_runtest_logreport`` and ``dsession.py``
+``DSession.worker_testreport``), so these tests compare an isolated run with a plain run of
+the same file report by report.
+"""
 from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-ARGS = ("-p", "no:cacheprovider")
+ARGS = ("-p", "no:cacheprovider", "-p", "no:randomly")
+
+# A conftest that writes every logged report, as the pytest process saw it, to a JSON file.
+RECORDER = """
+import json, os
+
+_REPORTS = []
+
+def pytest_runtest_logreport(report):
+    longrepr = report.longrepr
+    if isinstance(longrepr, tuple):
+        text = list(longrepr)
+    else:
+        text = str(longrepr) if longrepr is not None else None
+    _REPORTS.append({
+        "nodeid": report.nodeid, "when": report.when, "outcome": report.outcome,
+        "location": list(report.location), "longrepr": text,
+        "sections": [[t, c] for t, c in report.sections],
+        "wasxfail": getattr(report, "wasxfail", None),
+        "user_properties": [[k, v] for k, v in report.user_properties
+                            if not k.startswith("nsbox_")],
+    })
+
+def pytest_sessionfinish(session):
+    path = os.environ.get("REPORTS_JSON")
+    if path and not hasattr(session.config, "workerinput"):
+        with open(path, "w") as f:
+            json.dump(_REPORTS, f)
+"""
+
+OUTCOMES = """
+import logging
+import sys
+import pytest
+
+@pytest.fixture
+def broken_setup():
+    raise RuntimeError("setup broke")
+
+@pytest.fixture
+def broken_teardown():
+    yield
+    raise RuntimeError("teardown broke")
+
+def test_passes(record_property):
+    record_property("answer", 42)
+    print("to stdout")
+    print("to stderr", file=sys.stderr)
+    logging.getLogger("t").warning("a log line")
+
+def test_fails():
+    x = [1, 2]
+    assert x == [1, 3], "lists differ"
+
+def test_skips():
+    pytest.skip("not here")
+
+@pytest.mark.skipif(True, reason="never")
+def test_skipif():
+    pass
+
+@pytest.mark.xfail(reason="known bug")
+def test_xfails():
+    assert 0
+
+@pytest.mark.xfail(reason="fixed?")
+def test_xpasses():
+    pass
+
+@pytest.mark.xfail(strict=True, reason="must fail")
+def test_xpasses_strict():
+    pass
+
+def test_setup_error(broken_setup):
+    pass
+
+def test_teardown_error(broken_teardown):
+    pass
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_param(n):
+    assert n == 1
+"""
 
 
-def test_isolated_body_runs_in_a_box(pytester):
-    pytester.makepyfile("""
-        import os, socket
+def _reports(pytester: pytest.Pytester, *args: str) -> list[dict[str, Any]]:
+    path = pytester.path / f"reports-{len(list(pytester.path.glob('reports-*')))}.json"
+    pytester.makeconftest(RECORDER)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("REPORTS_JSON", str(path))
+        pytester.runpytest_subprocess(*args, *ARGS)
+    return json.loads(path.read_text())  # type: ignore[no-any-return]
+
+
+def _comparable(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Reports with what differs by nature between processes taken out: file paths in
+    tracebacks are the same (the box sees the project at its own path), durations are
+    not compared; nsbox's own figures (``nsbox_*`` properties) are left out above."""
+    return reports
+
+
+def test_every_outcome_kind_matches_a_plain_run(pytester: pytest.Pytester) -> None:
+    """Pass, fail, skip (at the test's own line), skipif, xfail, xpass (strict and not),
+    setup and teardown errors, captured stdout/stderr/log sections and user_properties:
+    report by report as a plain run makes them."""
+    pytester.makepyfile(test_outcomes=OUTCOMES)
+    plain = _reports(pytester, "-rA")
+    isolated = _reports(pytester, "-rA", "--nsbox-isolate")
+    assert [(r["nodeid"], r["when"]) for r in isolated] == \
+        [(r["nodeid"], r["when"]) for r in plain]
+    for a, b in zip(plain, isolated):
+        assert a == b, (a["nodeid"], a["when"])
+    xfail = [r for r in isolated if r["nodeid"].endswith("test_xfails") and r["when"] == "call"]
+    assert xfail[0]["outcome"] == "skipped" and xfail[0]["wasxfail"] == "known bug"
+
+
+def test_terminal_and_junit_match_a_plain_run(pytester: pytest.Pytester) -> None:
+    """The terminal's summary line and the JUnit XML (with ``user_properties``) of an
+    isolated run are a plain run's."""
+    pytester.makepyfile(test_outcomes=OUTCOMES)
+    runs = {}
+    for name, extra in (("plain", ()), ("isolated", ("--nsbox-isolate",))):
+        xml = pytester.path / f"{name}.xml"
+        result = pytester.runpytest_subprocess(f"--junitxml={xml}", *extra, *ARGS)
+        assert "nsbox_" not in xml.read_text()  # nsbox's figures only with --nsbox-stats
+        runs[name] = (result.parseoutcomes(), ET.parse(xml).getroot())
+    assert runs["plain"][0] == runs["isolated"][0]
+    cases = {}
+    for name, (_, root) in runs.items():
+        cases[name] = sorted(
+            (case.get("classname"), case.get("name"),
+             tuple(child.tag for child in case if child.tag != "properties"),
+             tuple((p.get("name"), p.get("value")) for p in case.iter("property")))
+            for case in root.iter("testcase"))
+    assert cases["plain"] == cases["isolated"]
+    assert ("answer", "42") in [p for c in cases["isolated"] for p in c[3]]
+
+
+@pytest.mark.parametrize("option", [["-x"], ["--maxfail=2"], ["--tb=short"], ["--tb=line"],
+                                    ["--durations=3"]])
+def test_options_behave_as_in_a_plain_run(pytester: pytest.Pytester, option: list[str]) -> None:
+    """-x / --maxfail stop the run at the same test; --tb styles and --durations print as in
+    a plain run (pytest's own options reach the isolated run, and its outcomes drive
+    them)."""
+    pytester.makepyfile(test_outcomes=OUTCOMES)
+    plain = _reports(pytester, *option)
+    isolated = _reports(pytester, *option, "--nsbox-isolate")
+    assert isolated == plain
+    if option[0].startswith("--durations"):
+        result = pytester.runpytest_subprocess(*option, "--nsbox-isolate", *ARGS)
+        result.stdout.fnmatch_lines(["*slowest 3 durations*"])
+
+
+def test_last_failed_and_failed_first(pytester: pytest.Pytester) -> None:
+    """--lf and --ff pick and order tests from the cache an isolated run wrote, as after a
+    plain run (pytest's cacheprovider, fed by the reports logged here)."""
+    pytester.makepyfile(test_lf="""
+        def test_a(): pass
+        def test_b(): assert 0
+        def test_c(): pass
+    """)
+    first = pytester.runpytest_subprocess("--nsbox-isolate", "-p", "no:randomly")
+    first.assert_outcomes(passed=2, failed=1)
+    again = pytester.runpytest_subprocess("--nsbox-isolate", "--lf", "-v", "-p", "no:randomly")
+    again.assert_outcomes(failed=1)
+    again.stdout.fnmatch_lines(["*run-last-failure: rerun previous 1 failure*"])
+    ff = pytester.runpytest_subprocess("--nsbox-isolate", "--ff", "-v", "-p", "no:randomly")
+    ff.stdout.re_match_lines([r".*test_lf.py::test_b FAILED", r".*test_lf.py::test_a PASSED",
+                              r".*test_lf.py::test_c PASSED"])
+
+
+def test_wider_fixtures_are_set_up_once_per_worker(pytester: pytest.Pytester) -> None:
+    """Session-, module- and class-scoped fixtures are set up once (before the fork) and
+    shared by every test of their scope, as without isolation; each test's box gets a copy
+    of what they made."""
+    pytester.makepyfile(test_scopes="""
+        import os, uuid
         import pytest
 
-        @pytest.mark.sandbox(isolate=True, hostname="inner", memory="256M")
-        def test_inside():
-            assert socket.gethostname() == "inner"
-            assert os.listdir("/home") == []
-            assert not os.path.exists("/root/.bash_history")
-            with open("/etc/nsbox-isolated", "w") as f:
-                f.write("only in the box")
+        @pytest.fixture(scope="session")
+        def session_token(tmp_path_factory):
+            path = tmp_path_factory.mktemp("s") / "made-by-session-fixture"
+            path.write_text("here")
+            return str(uuid.uuid4()), path
 
-        def test_outside():
-            assert not os.path.exists("/etc/nsbox-isolated")
-            assert socket.gethostname() != "inner"
+        @pytest.fixture(scope="module")
+        def module_token():
+            return str(uuid.uuid4())
 
-        @pytest.mark.sandbox(isolate=True)
-        def test_fails_inside():
-            assert 1 + 1 == 3, "inner arithmetic"
+        class TestInClass:
+            @pytest.fixture(scope="class")
+            def class_token(self):
+                return str(uuid.uuid4())
 
-        @pytest.mark.sandbox(isolate=True)
-        def test_skips_inside():
-            pytest.skip("not today")
+            @pytest.mark.parametrize("n", range(3))
+            def test_c(self, n, session_token, module_token, class_token, record_property):
+                record_property("s", session_token[0])
+                record_property("m", module_token)
+                record_property("c", class_token)
+                assert session_token[1].read_text() == "here"
 
-        @pytest.mark.sandbox(isolate=True, image="busybox")
-        def test_wrong_image():
-            pass
+        @pytest.mark.parametrize("n", range(3))
+        def test_f(n, session_token, module_token, record_property):
+            record_property("s", session_token[0])
+            record_property("m", module_token)
     """)
-    result = pytester.runpytest_subprocess("-rs", *ARGS)
-    result.assert_outcomes(passed=2, failed=2, skipped=1)
-    result.stdout.fnmatch_lines(["*(isolated in box 'isolated-test_fails_inside')*",
-                                 "*inner arithmetic*",
-                                 "*isolate=True runs this Python inside the box, so it needs the "
-                                 "'host' image; got image='busybox'*",
-                                 "SKIPPED ?1? test_isolated_body_runs_in_a_box.py:*: not today"])
+    xml = pytester.path / "out.xml"
+    result = pytester.runpytest_subprocess("--nsbox-isolate", f"--junitxml={xml}", *ARGS)
+    result.assert_outcomes(passed=6)
+    props: dict[str, set[str]] = {"s": set(), "m": set(), "c": set()}
+    for prop in ET.parse(xml).getroot().iter("property"):
+        if prop.get("name") in props:
+            props[prop.get("name")].add(prop.get("value"))  # type: ignore[index]
+    assert {k: len(v) for k, v in props.items()} == {"s": 1, "m": 1, "c": 1}
 
 
-def test_isolate_option_isolates_every_test(pytester):
-    pytester.makepyfile("""
-        import socket
+def test_each_test_has_its_own_root_hostname_and_pid_namespace(pytester: pytest.Pytester) -> None:
+    """A file one test writes under /etc is not there for the next, nor on the host; each
+    test has its own hostname and PID namespace, whose PID 1 is its box's init: a process
+    one test leaves running is gone for the next."""
+    marker = Path("/etc/nsbox-isolate-test-x")
+    assert not marker.exists()
+    pytester.makepyfile(test_fs="""
+        import os, socket
 
-        def test_a():
-            assert socket.gethostname().startswith("isolated-test-a") or \\
-                socket.gethostname().startswith("isolated-test_a")
+        import subprocess
 
-        def test_b(tmp_path):
-            (tmp_path / "x").write_text("fine")
+        def others():
+            return sorted(int(p) for p in os.listdir("/proc")
+                          if p.isdigit() and int(p) not in (1, os.getpid()))
+
+        def test_writes(record_property):
+            assert not os.path.exists("/etc/nsbox-isolate-test-x")
+            with open("/etc/nsbox-isolate-test-x", "w") as f:
+                f.write("1")
+            record_property("host", socket.gethostname())
+            assert others() == [] and os.getpid() == 2
+            subprocess.Popen(["sleep", "600"])  # left running
+
+        def test_reads(record_property):
+            assert not os.path.exists("/etc/nsbox-isolate-test-x")
+            record_property("host", socket.gethostname())
+            assert others() == [] and os.getpid() == 2
+    """)
+    xml = pytester.path / "out.xml"
+    result = pytester.runpytest_subprocess("--nsbox-isolate", f"--junitxml={xml}", *ARGS)
+    result.assert_outcomes(passed=2)
+    assert not marker.exists()
+    values: dict[str, list[str]] = {"host": []}
+    for prop in ET.parse(xml).getroot().iter("property"):
+        if prop.get("name") in values:
+            values[prop.get("name")].append(prop.get("value"))  # type: ignore[index,arg-type]
+    import socket
+
+    assert len(set(values["host"])) == 2 and socket.gethostname() not in values["host"]
+
+
+def test_memory_limit_kill_fails_the_test_and_the_next_one_runs(pytester: pytest.Pytester) -> None:
+    """A 64M test that allocates 200 MB is killed by the kernel's OOM killer in its own
+    cgroup; it fails with the limit and the peak, and the next test passes in a fresh box."""
+    pytester.makepyfile(test_oom="""
+        import pytest
+
+        @pytest.mark.sandbox(memory="64M")
+        def test_hog():
+            blocks = [bytearray(1 << 20) for _ in range(200)]
+            assert len(blocks) == 200
+
+        def test_next():
+            assert sum(range(10)) == 45
     """)
     result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.re_match_lines([r".*test_hog.*exceeded memory=64M \(peak \d+\.\d MiB\).*"])
 
 
-def test_boxes_cannot_be_made_inside_an_isolated_test(pytester):
-    pytester.makepyfile("""
+def test_crashes_are_outcomes(pytester: pytest.Pytester) -> None:
+    """A test process that calls os._exit, is killed by a signal or outlives its
+    ``timeout=`` fails with that cause; the run goes on."""
+    pytester.makepyfile(test_crash="""
+        import os, signal, time
+        import pytest
+
+        def test_exit():
+            os._exit(3)
+
+        def test_segv():
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+        @pytest.mark.sandbox(timeout=2)
+        def test_hangs():
+            time.sleep(60)
+
+        def test_after():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    result.assert_outcomes(passed=1, failed=3)
+    result.stdout.fnmatch_lines_random([
+        "*test_exit*exited with status 3*", "*test_segv*killed by SIGSEGV*",
+        "*test_hangs*timed out after 2 s*"])
+
+
+def test_pytest_timeout_runs_in_the_box(pytester: pytest.Pytester) -> None:
+    """pytest-timeout's alarm fires in the test's box, where the test runs, and the test
+    fails with pytest-timeout's own message, as without isolation."""
+    pytest.importorskip("pytest_timeout")
+    pytester.makepyfile(test_pt="""
+        import time
+        import pytest
+
+        @pytest.mark.timeout(1)
+        def test_slow():
+            time.sleep(30)
+
+        def test_fast():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*Failed: Timeout (>1.0s) from pytest-timeout*"])
+
+
+def test_any_test_id_makes_a_box(pytester: pytest.Pytester) -> None:
+    """Parametrize ids with a space, '/', ':', '(', '+', quotes or non-ASCII each get a
+    valid, distinct hostname (RFC 1123 labels)."""
+    pytester.makepyfile(test_ids="""
+        import re, socket
+        import pytest
+
+        SEEN = set()
+
+        @pytest.mark.parametrize("v", ["a b", "x/y", "h:p", "f(x)", "1+1", "'q'", '"d"',
+                                       "é ü", "日本", "-", ""])
+        def test_id(v, record_property):
+            name = socket.gethostname()
+            assert re.fullmatch(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", name), name
+            record_property("host", name)
+    """)
+    xml = pytester.path / "out.xml"
+    result = pytester.runpytest_subprocess("--nsbox-isolate", f"--junitxml={xml}", *ARGS)
+    result.assert_outcomes(passed=11)
+    hosts = [p.get("value") for p in ET.parse(xml).getroot().iter("property")
+             if p.get("name") == "host"]
+    assert len(set(hosts)) == 11
+
+
+def test_the_box_gets_the_environment_and_the_command_line(pytester: pytest.Pytester) -> None:
+    """The pytest process's environment (PATH included), its -o ini overrides and -p
+    plugins reach the isolated tests."""
+    pytester.makepyfile(my_plugin="""
+        def pytest_configure(config):
+            config.addinivalue_line("markers", "from_plugin: made by my_plugin")
+    """)
+    pytester.makepyfile(test_env="""
+        import os
+
+        def test_env(request):
+            assert os.environ["NSBOX_TEST_VAR"] == "from the outside"
+            assert os.environ["PATH"] == os.environ["NSBOX_TEST_PATH"]
+            assert request.config.getini("python_functions") == ["test_*", "check_*"]
+            assert request.config.pluginmanager.has_plugin("my_plugin")
+    """)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("NSBOX_TEST_VAR", "from the outside")
+        import os
+
+        mp.setenv("NSBOX_TEST_PATH", os.environ["PATH"])
+        mp.setenv("PYTHONPATH", str(pytester.path))
+        result = pytester.runpytest_subprocess("--nsbox-isolate", "-p", "my_plugin",
+                                               "-o", "python_functions=test_* check_*", *ARGS)
+    result.assert_outcomes(passed=1)
+
+
+def test_ini_defaults_for_confinement_keys(pytester: pytest.Pytester) -> None:
+    """One ini line grants what a network-admin suite needs (``nsbox_cap_add =
+    NET_ADMIN``): without it the isolated test may not bring its loopback down."""
+    pytester.makepyfile(test_netadmin="""
+        import fcntl, socket, struct
+
+        def test_lo_down_up():
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            req = struct.pack("16sH14x", b"lo", 0)
+            flags = struct.unpack("16sH14x", fcntl.ioctl(s, 0x8913, req))[1]
+            fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags & ~1))
+            fcntl.ioctl(s, 0x8914, struct.pack("16sH14x", b"lo", flags))
+    """)
+    denied = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    denied.assert_outcomes(failed=1)
+    denied.stdout.fnmatch_lines(["*PermissionError*"])
+    pytester.makeini("[pytest]\nnsbox_cap_add = NET_ADMIN\n")
+    granted = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    granted.assert_outcomes(passed=1)
+
+
+def test_ini_isolate_and_marker(pytester: pytest.Pytester) -> None:
+    """``nsbox_isolate = true`` isolates every test; without it, ``sandbox(isolate=True)``
+    isolates that test alone and the others run in the pytest process."""
+    pytester.makepyfile(test_some="""
+        import os
         import pytest
 
         @pytest.mark.sandbox(isolate=True)
-        def test_nested(nsbox_factory):
-            nsbox_factory()
+        def test_in_box():
+            assert os.environ.get("NSBOX_ISOLATED") == "1"
+
+        def test_here():
+            assert os.environ.get("NSBOX_ISOLATED") is None
     """)
-    result = pytester.runpytest_subprocess(*ARGS)
-    result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines(["*already runs inside a box (isolate)*"])
+    pytester.runpytest_subprocess(*ARGS).assert_outcomes(passed=2)
+    pytester.makeini("[pytest]\nnsbox_isolate = true\n")
+    pytester.runpytest_subprocess(*ARGS).assert_outcomes(passed=1, failed=1)
+
+
+def test_xdist_with_isolation_matches_xdist(pytester: pytest.Pytester) -> None:
+    """``-n 2 --nsbox-isolate`` gives the outcomes ``-n 2`` gives; each xdist worker has
+    its own isolation worker, so a session fixture is set up once per xdist worker."""
+    pytest.importorskip("xdist")
+    pytester.makepyfile(test_outcomes=OUTCOMES)
+    plain = pytester.runpytest_subprocess("-n", "2", *ARGS)
+    isolated = pytester.runpytest_subprocess("-n", "2", "--nsbox-isolate", *ARGS)
+    assert isolated.parseoutcomes() == plain.parseoutcomes()
+
+
+def test_boxes_cannot_be_made_inside_an_isolated_test(pytester: pytest.Pytester) -> None:
+    """A test that makes boxes itself (``nsbox``) is not isolated again: its boxes are its
+    isolation, and it runs in the pytest process."""
+    pytester.makepyfile(test_nested="""
+        import os
+
+        def test_uses_nsbox(nsbox):
+            assert os.environ.get("NSBOX_ISOLATED") is None
+            assert nsbox.run("echo hi").stdout == "hi\\n"
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    result.assert_outcomes(passed=1)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from ..errors import CgroupError
+from ..kernel.io import read_all
 
 #: Every box cgroup directory is called ``PREFIX + box id`` so leftovers can be found.
 PREFIX = "nsbox-"
@@ -114,12 +115,7 @@ def read_bytes(path: str) -> bytes:
     """Read a whole cgroupfs file (they are small, but may need more than one read)."""
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        chunks: list[bytes] = []
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return read_all(fd)
     finally:
         os.close(fd)
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import os
 import select
 from collections.abc import Iterable
 
@@ -19,3 +20,14 @@ def readable(fds: Iterable[int], timeout: float | None) -> list[int]:
         poller.register(fd, select.POLLIN)
     ms = None if timeout is None else max(0, math.ceil(timeout * 1000))
     return [fd for fd, _events in poller.poll(ms)]
+
+
+def read_all(fd: int) -> bytes:
+    """Everything ``fd`` gives until EOF (a pipe, a cgroupfs file that needs more than one
+    read)."""
+    chunks: list[bytes] = []
+    while True:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)

@@ -123,7 +123,7 @@ def _setup(plan: BoxPlan, marks: list[tuple[str, float]]) -> None:
     marks.append(("pivot_root", time.monotonic()))
     libc.sethostname(plan.hostname)
     if "net" in plan.namespaces:
-        _loopback_up()
+        loopback_up()
     marks.append(("hostname, lo", time.monotonic()))
     # Not dumpable: nothing in the box may open /proc/1/exe (the host's python binary) or
     # ptrace PID 1 (the class of runc CVE-2019-5736). Commands are new execs: dumpable.
@@ -345,7 +345,7 @@ _OPS: dict[str, Callable[[int, MountOp], None]] = {
 }
 
 
-def _loopback_up() -> None:
+def loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         req = struct.pack("16sH14x", b"lo", 0)
         flags = struct.unpack("16sH14x", fcntl.ioctl(s.fileno(), _SIOCGIFFLAGS, req))[1]

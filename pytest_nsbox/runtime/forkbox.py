@@ -1,0 +1,241 @@
+"""A box made in place by a fork: how an isolation worker's test child becomes a box.
+
+An isolation worker (``isolate.worker``) runs in an ordinary box over the ``host`` image and
+has collected the suite and set up its session fixtures. For each test it forks; the child
+becomes a box of its own with the runtime's own pieces, in the order ``init.boot`` uses:
+
+1. it is PID 1 of a new PID namespace (the worker ``unshare``s ``CLONE_NEWPID`` just for this
+   fork and then rejoins its own, see ``fork_pid1``);
+2. it joins the test's cgroup through ``cgroup.procs`` descriptors the pytest process opened
+   (so the limits and the stats are the host's own, and the cgroup namespace check is made
+   against the opener, Linux >= 5.16);
+3. new mount, UTS, IPC, network and cgroup namespaces; the mount tree private before the
+   first mount;
+4. a root that is a copy-on-write layer over the worker's: an overlay whose lower layer is
+   the worker's root, and one per writable submount (the project folder's layer, ...), with
+   upper layers on a tmpfs of the child's own that goes when the child does; ``/proc``,
+   ``/sys``, ``/dev/pts``, ``/dev/shm``, ``/dev/mqueue`` new; Docker's masked and read-only
+   paths (``plan.mount_ops``), run by the init's own ``run_op``;
+5. ``pivot_root``, hostname, loopback up;
+6. it forks the test process, which drops to the box's capabilities, sets
+   ``no_new_privs`` and installs the default seccomp filter (``confine``), while PID 1 reaps
+   (``reap``) until the test process is gone, and then exits: the kernel kills whatever else
+   is left in the PID namespace.
+
+The worker's root is an overlay already, so the test's root is the second overlay of the
+stack (the kernel allows two, ``FILESYSTEM_MAX_STACK_DEPTH``).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ..kernel import caps, libc, seccomp
+from ..kernel.mountinfo import MountEntry
+from .init import loopback_up, run_op
+from .plan import MASKED_PATHS, READONLY_PATHS, overlay_options
+from .protocol import BIND, MASK, MOUNT, READONLY, REMOUNT, MountOp
+
+#: How each of the worker's mounts reaches the test's root.
+COW, FRESH, BIND_RO, BIND_RW, DEV = "cow", "fresh", "bind-ro", "bind", "dev"
+
+_NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
+#: File systems made new in the test's namespaces: ``(fstype, source, flags, data)``.
+_FRESH = {
+    "proc": ("proc", "proc", _NOSUID_NODEV_NOEXEC, None),
+    "sysfs": ("sysfs", "sysfs", _NOSUID_NODEV_NOEXEC, None),
+    "devpts": ("devpts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=0620"),
+    "mqueue": ("mqueue", "mqueue", _NOSUID_NODEV_NOEXEC, None),
+}
+
+
+@dataclass(frozen=True)
+class ChildMount:
+    """One mount point of the worker and what the test's root gets there: ``cow`` (an
+    overlay over it), ``fresh`` (a new ``fstype`` instance), ``bind-ro`` (the same, read
+    only), ``bind`` (the same, writable: a user's bind) or ``dev`` (the worker's ``/dev`` bound, read-only unless privileged)."""
+
+    point: str
+    how: str
+    fstype: str
+
+
+def child_mounts(entries: Iterable[MountEntry], skip: Iterable[str] = (),
+                 binds: Iterable[str] = ()) -> tuple[ChildMount, ...]:
+    """What the test's root is made of, from the worker's mountinfo: the mount visible at
+    each point (the last one mounted there), parents first; ``skip`` are points the test
+    does not get (the worker's own scratch space); ``binds`` are points the user bound
+    (``binds=``), bound into the test's root as they are (a writable one stays writable,
+    not copy-on-write). ``/dev/shm`` is a new tmpfs (it is the IPC namespace's POSIX
+    shared memory)."""
+    user_binds = set(binds)
+    visible: dict[str, MountEntry] = {}
+    for entry in entries:
+        visible.pop(entry.point, None)
+        visible[entry.point] = entry
+    skipped = tuple(skip)
+    out = []
+    for point, entry in visible.items():
+        if any(point == s or point.startswith(s.rstrip("/") + "/") for s in skipped):
+            continue
+        if point == "/":
+            out.append(ChildMount("/", COW, entry.fstype))
+        elif entry.fstype in _FRESH or point == "/dev/shm":
+            out.append(ChildMount(point, FRESH, entry.fstype))
+        elif point == "/dev":
+            out.append(ChildMount(point, DEV, entry.fstype))
+        elif "ro" in entry.options:
+            out.append(ChildMount(point, BIND_RO, entry.fstype))
+        elif point in user_binds:
+            out.append(ChildMount(point, BIND_RW, entry.fstype))
+        else:
+            out.append(ChildMount(point, COW, entry.fstype))
+    out.sort(key=lambda m: (m.point != "/", m.point.count("/"), m.point))
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class ForkPlan:
+    """A test box: its hostname, whether it gets its own network namespace, the worker's
+    mounts it is made of, its ``scratch`` directory (where the child's tmpfs of upper
+    layers goes, outside the new root), ``privileged`` (``/dev`` and ``/sys`` writable, no
+    masked paths) and ``tmpfs_size`` (bytes the upper layers may hold; None: the kernel's
+    default, half of RAM)."""
+
+    hostname: str
+    network: bool
+    mounts: tuple[ChildMount, ...]
+    scratch: str
+    privileged: bool = False
+    tmpfs_size: int | None = None
+
+
+def fork_pid1(own_pidns: int) -> int:
+    """``fork()`` into a new PID namespace: the child is its PID 1. The caller keeps its
+    own namespace for its later children (``own_pidns``: an fd of ``/proc/self/ns/pid``)."""
+    libc.unshare(libc.CLONE_NEWPID)
+    try:
+        return os.fork()
+    finally:
+        if os.getpid() != 1:  # the parent: back to its own namespace for its children
+            libc.setns(own_pidns, libc.CLONE_NEWPID)
+
+
+def enter(plan: ForkPlan, cgroup_procs: Iterable[int]) -> None:
+    """In the child (PID 1 of its namespace): join the cgroup, make the namespaces, build
+    the root and move into it, at the same working directory. Raises ``OSError`` for a
+    step the kernel refuses."""
+    cwd = os.getcwd()
+    for fd in cgroup_procs:
+        os.write(fd, b"0")
+        os.close(fd)
+    flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP
+    if plan.network:
+        flags |= libc.CLONE_NEWNET
+    libc.unshare(flags)
+    libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
+    scratch = plan.scratch
+    size = f",size={plan.tmpfs_size}" if plan.tmpfs_size else ""
+    libc.mount("nsbox", scratch, "tmpfs", libc.MS_NOSUID, f"mode=700{size}")
+    root = os.path.join(scratch, "root")
+    os.mkdir(root, 0o755)
+    ops: list[MountOp] = []
+    for n, mount in enumerate(plan.mounts):
+        if mount.how == COW:
+            upper, work = os.path.join(scratch, f"u{n}"), os.path.join(scratch, f"w{n}")
+            os.mkdir(upper, 0o755)
+            os.mkdir(work, 0o755)
+            data = overlay_options([mount.point], upper, work)
+            if mount.point == "/":
+                libc.mount("nsbox", root, "overlay", 0, data)
+                continue
+            ops.append(MountOp(MOUNT, mount.point, source="nsbox", fstype="overlay", data=data))
+        elif mount.how == FRESH:
+            fstype, source, flags, options = _FRESH.get(
+                mount.fstype, ("tmpfs", "shm", _NOSUID_NODEV_NOEXEC, "mode=1777"))
+            if fstype == "sysfs" and not plan.privileged:
+                flags |= libc.MS_RDONLY
+            ops.append(MountOp(MOUNT, mount.point, source=source, fstype=fstype, flags=flags,
+                               data=options))
+        elif mount.how in (DEV, BIND_RW):
+            ops.append(MountOp(BIND, mount.point, source=mount.point))
+        else:
+            ops.append(MountOp(BIND, mount.point, source=mount.point, flags=libc.MS_RDONLY))
+    if not plan.privileged:
+        ops.append(MountOp(REMOUNT, "/dev", flags=libc.MS_RDONLY | libc.MS_NOSUID,
+                           allow_missing=True))
+        ops += [MountOp(MASK, p, allow_missing=True) for p in MASKED_PATHS]
+        ops += [MountOp(READONLY, p, allow_missing=True) for p in READONLY_PATHS]
+    rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for op in ops:
+            run_op(rootfd, op)
+    finally:
+        os.close(rootfd)
+    os.chdir(root)
+    libc.pivot_root(".", ".")
+    libc.umount2(".", libc.MNT_DETACH)
+    os.chdir(cwd)
+    libc.sethostname(plan.hostname)
+    if plan.network:
+        loopback_up()
+
+
+_PROGRAMS: dict[tuple[int, ...], bytes] = {}
+
+
+def seccomp_program(keep: Iterable[int]) -> bytes:
+    """The default seccomp filter for a box keeping ``keep``, built once per set (in the
+    worker, before it forks: every test child inherits it built)."""
+    key = tuple(sorted(keep))
+    program = _PROGRAMS.get(key)
+    if program is None:
+        program = _PROGRAMS[key] = seccomp.build(caps=key)
+    return program
+
+
+def confine(keep: Iterable[int] | None, *, use_seccomp: bool, no_new_privs: bool) -> None:
+    """Hold the test process to the box's rules: exactly the capabilities ``keep`` (None:
+    all, privileged), ``no_new_privs``, then the seccomp filter (last: it also guards the
+    calls before it)."""
+    kept = None if keep is None else list(keep)
+    if kept is not None:
+        caps.apply(kept, caps.last_cap())
+    if no_new_privs:
+        libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
+    if use_seccomp:
+        seccomp.install(seccomp_program(kept or ()))
+
+
+def reap(child: int) -> int:
+    """PID 1's duty: wait for every process that ends up ours until ``child`` is gone;
+    returns its wait status. Signals the namespace's init is sent from inside are ignored
+    by the kernel unless handled: SIGTERM/SIGINT are passed on to ``child``."""
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            return 0
+        if pid == child:
+            return status
+
+
+def encode_status(status: int) -> bytes:
+    """A wait status as sent from PID 1 to the worker (4 bytes)."""
+    return struct.pack("=i", status)
+
+
+def decode_status(data: bytes) -> int | None:
+    return struct.unpack("=i", data)[0] if len(data) == 4 else None
