@@ -452,3 +452,27 @@ def test_boxes_cannot_be_made_inside_an_isolated_test(pytester: pytest.Pytester)
     """)
     result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
     result.assert_outcomes(passed=1)
+
+
+def test_a_hang_in_a_session_fixture_is_bounded(pytester: pytest.Pytester) -> None:
+    """A session fixture that never returns holds the worker, not the run: the test fails
+    with the cause after its ``timeout`` (and a grace for the worker to answer), a new
+    worker takes the next test."""
+    pytester.makepyfile(test_hang="""
+        import time
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def stuck():
+            time.sleep(600)
+
+        @pytest.mark.sandbox(timeout=2)
+        def test_needs_stuck(stuck):
+            pass
+
+        def test_after():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*timed out after 2 s in the isolation worker*"])

@@ -111,6 +111,9 @@ class Worker:
         self.sock: socket.socket | None = None
         self.dir: str | None = None
         self.problems: list[str] = []
+        #: A test was sent and its ``ItemDone`` has not come (an interrupted or hung run):
+        #: the worker cannot take ``Finish``, ``close`` stops its box at once.
+        self.busy = False
 
     # -- life --------------------------------------------------------------------------
     def start(self) -> None:
@@ -204,11 +207,13 @@ class Worker:
 
     def close(self) -> None:
         """End the worker's session (its wider-scoped fixtures are torn down; errors go to
-        ``problems``), then its box."""
+        ``problems``), then its box: every process in it is killed, its cgroup and layers
+        removed. A worker in the middle of a test (interrupted, hung) is stopped at once."""
         from .messages import Finish, Finished, send
 
         try:
-            if self.sock is not None and self.proc is not None and self.proc.poll() is None:
+            if self.alive and not self.busy:
+                assert self.sock is not None
                 send(self.sock, Finish())
                 while True:
                     msg = self._next(None)
@@ -293,6 +298,7 @@ class Worker:
                           privileged=spec.privileged, env=dict(spec.env), cgroup_fds=len(fds))
             assert self.sock is not None
             start = time.monotonic()
+            self.busy = True
             try:
                 send(self.sock, msg, fds)
             finally:
@@ -304,13 +310,14 @@ class Worker:
                 try:
                     reply = self._next(deadline)
                 except TimeoutError:
+                    if outcome.timed_out is not None:  # killed, and still no answer
+                        self.busy = True
+                        raise WorkerGone(
+                            f"timed out after {hard_timeout:g} s in the isolation worker, "
+                            f"before or after the test's box (a hang in a session, package, "
+                            f"module or class fixture?); the worker was stopped") from None
                     outcome.timed_out = hard_timeout
                     cgroup.kill_all()
-                    if cgroup.pids() == [] and deadline is not None and \
-                            time.monotonic() > deadline + KILL_GRACE:
-                        raise WorkerGone(f"the isolation worker did not answer within "
-                                         f"{hard_timeout:g} s (a hang in a session, module or "
-                                         f"class fixture?)") from None
                     deadline = time.monotonic() + KILL_GRACE
                     continue
                 if isinstance(reply, Report):
@@ -320,6 +327,7 @@ class Worker:
                     _log_warning(item.config, reply)
                 elif isinstance(reply, ItemDone):
                     outcome.done = reply
+                    self.busy = False
                     break
                 else:
                     raise WorkerGone(f"the isolation worker sent an unexpected {reply.kind!r}")
