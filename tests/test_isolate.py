@@ -476,3 +476,30 @@ def test_a_hang_in_a_session_fixture_is_bounded(pytester: pytest.Pytester) -> No
     result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
     result.assert_outcomes(passed=1, errors=1)
     result.stdout.fnmatch_lines(["*timed out after 2 s in the isolation worker*"])
+
+
+def test_the_marker_user_runs_the_test(pytester: pytest.Pytester) -> None:
+    """``sandbox(user=...)`` is resolved in the box's /etc/passwd and /etc/group as runc
+    resolves it (opencontainers/runc ``libcontainer/user`` GetExecUser, our
+    ``model/users.py``); an unknown user fails the test's setup naming it."""
+    pytester.makepyfile(test_user="""
+        import os
+        import pytest
+
+        @pytest.mark.sandbox(user="nobody")
+        def test_nobody():
+            assert os.getuid() == 65534 and os.geteuid() == 65534
+            with pytest.raises(PermissionError):
+                open("/etc/nsbox-owned-by-root", "w")
+
+        @pytest.mark.sandbox(user="no-such-user-here")
+        def test_unknown():
+            pass
+
+        def test_root():
+            assert os.getuid() == 0
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*test_unknown: nsbox isolate: unable to find user "
+                                 "no-such-user-here*"])

@@ -295,7 +295,8 @@ class Worker:
                           hostname=spec.hostname or hostname_for(item.nodeid),
                           network=spec.network != "host", caps=None if keep is None else tuple(keep),
                           seccomp=spec.seccomp, no_new_privs=not spec.privileged,
-                          privileged=spec.privileged, env=dict(spec.env), cgroup_fds=len(fds))
+                          privileged=spec.privileged, env=dict(spec.env), user=spec.user,
+                          cgroup_fds=len(fds))
             assert self.sock is not None
             start = time.monotonic()
             self.busy = True

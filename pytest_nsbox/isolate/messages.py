@@ -71,8 +71,8 @@ class RunItem:
     """Run test ``nodeid`` (``next_nodeid``: the test after it, whose wider-scoped fixtures
     are kept) in a box: its ``hostname``; its own network namespace unless ``network`` is
     False; ``caps`` the capability numbers it keeps (None: all), ``seccomp``,
-    ``no_new_privs``, ``privileged``; ``env`` set over the worker's; ``tmpfs_size`` bytes
-    for its writes (None: the kernel's default). Carries ``cgroup_fds`` descriptors."""
+    ``no_new_privs``, ``privileged``; ``env`` set over the worker's; ``user`` the test runs
+    as (None: root). Carries ``cgroup_fds`` descriptors."""
 
     kind: ClassVar[str] = "run-item"
     nodeid: str
@@ -84,6 +84,7 @@ class RunItem:
     no_new_privs: bool
     privileged: bool
     env: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
     cgroup_fds: int = 0
 
     def fds(self) -> int:

@@ -96,6 +96,7 @@ class WorkerPlugin:
         self.mounts = forkbox.child_mounts(read_mountinfo(), skip=(SCRATCH, CHANNEL_DIR),
                                            binds=start.binds)
         self.in_box = False  # True in a test's box process
+        self.box_error: str | None = None  # what made the test's box unusable (its user)
         self.forks = 0
         self.finished = False
 
@@ -203,6 +204,7 @@ class WorkerPlugin:
                                 privileged=msg.privileged)
         if msg.seccomp and not msg.privileged:
             forkbox.seccomp_program(msg.caps or ())  # built once, here, not per box
+        forkbox.prepare()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         self._freeze()
@@ -258,9 +260,11 @@ class WorkerPlugin:
         code = 70
         try:
             self.in_box = True
-            self.nextitem = nextitem
-            forkbox.confine(msg.caps, use_seccomp=msg.seccomp and not msg.privileged,
-                            no_new_privs=msg.no_new_privs)
+            try:
+                forkbox.confine(msg.caps, use_seccomp=msg.seccomp and not msg.privileged,
+                                no_new_privs=msg.no_new_privs, user=msg.user)
+            except Exception as exc:  # the test's setup fails with it, naming the test
+                self.box_error = f"{item.nodeid}: nsbox isolate: {exc}"
             os.environ.update(msg.env)
             item.ihook.pytest_runtest_protocol(item=item, nextitem=_ScopeEnd(item, nextitem))
             code = 0
@@ -281,6 +285,15 @@ class WorkerPlugin:
         report sent as soon as it is made (a crash keeps the reports before it)."""
         if not self.in_box:
             return None
+        if self.box_error is not None:
+            error = self.box_error
+            call = CallInfo.from_call(lambda: pytest.fail(error, pytrace=False), when="setup")
+            self._send(item, item.ihook.pytest_runtest_makereport(item=item, call=call))
+            # Nothing was set up, so nothing is torn down (plugins' teardown hooks expect
+            # their setup hooks to have run).
+            call = CallInfo.from_call(lambda: None, when="teardown")
+            self._send(item, item.ihook.pytest_runtest_makereport(item=item, call=call))
+            return True
         rep = self._phase(item, "setup")
         if rep.passed and not item.config.getoption("setuponly", False):
             self._phase(item, "call")
@@ -289,9 +302,12 @@ class WorkerPlugin:
 
     def _phase(self, item: pytest.Item, when: Any, **kwds: Any) -> pytest.TestReport:
         report = call_and_report(item, when, log=False, **kwds)
+        self._send(item, report)
+        return report
+
+    def _send(self, item: pytest.Item, report: pytest.TestReport) -> None:
         data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
         send(self.sock, Report(data=data))
-        return report
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str,
                                 nodeid: str, location: tuple[str, int, str] | None) -> None:

@@ -35,7 +35,8 @@ from dataclasses import dataclass
 
 from ..kernel import caps, libc, seccomp
 from ..kernel.mountinfo import MountEntry
-from .init import loopback_up, run_op
+from ..model import users
+from .init import loopback_up, run_op, set_groups, set_id
 from .plan import MASKED_PATHS, READONLY_PATHS, overlay_options
 from .protocol import BIND, MASK, MOUNT, READONLY, REMOUNT, MountOp
 
@@ -114,6 +115,11 @@ class ForkPlan:
     tmpfs_size: int | None = None
 
 
+def prepare() -> None:
+    """Work every test box would repeat, done once in the worker before it forks."""
+    _last_cap()
+
+
 def fork_pid1(own_pidns: int) -> int:
     """``fork()`` into a new PID namespace: the child is its PID 1. The caller keeps its
     own namespace for its later children (``own_pidns``: an fd of ``/proc/self/ns/pid``)."""
@@ -186,6 +192,14 @@ def enter(plan: ForkPlan, cgroup_procs: Iterable[int]) -> None:
 
 
 _PROGRAMS: dict[tuple[int, ...], bytes] = {}
+_LAST_CAP: list[int] = []
+
+
+def _last_cap() -> int:
+    """The kernel's last capability number, read once (in the worker, before its forks)."""
+    if not _LAST_CAP:
+        _LAST_CAP.append(caps.last_cap())
+    return _LAST_CAP[0]
 
 
 def seccomp_program(keep: Iterable[int]) -> bytes:
@@ -198,13 +212,24 @@ def seccomp_program(keep: Iterable[int]) -> bytes:
     return program
 
 
-def confine(keep: Iterable[int] | None, *, use_seccomp: bool, no_new_privs: bool) -> None:
+def confine(keep: Iterable[int] | None, *, use_seccomp: bool, no_new_privs: bool,
+            user: str | None = None) -> None:
     """Hold the test process to the box's rules: exactly the capabilities ``keep`` (None:
-    all, privileged), ``no_new_privs``, then the seccomp filter (last: it also guards the
-    calls before it)."""
+    all, privileged), as ``user`` (resolved in the box's ``/etc/passwd`` and
+    ``/etc/group`` by runc's rules, ``model.users.exec_user``; None: root), then
+    ``no_new_privs``, then the seccomp filter (last: it also guards the calls before it).
+    The order is runc's ``finalizeNamespace``: bounding set, then groups and ids, then the
+    capability sets. Raises ``UserError`` for a user the box does not know."""
     kept = None if keep is None else list(keep)
     if kept is not None:
-        caps.apply(kept, caps.last_cap())
+        caps.drop_bounding(kept, _last_cap())
+    if user:
+        passwd = users.read_file("/etc/passwd")
+        who = users.exec_user(user, passwd, users.read_file("/etc/group"))
+        set_groups(who)
+        set_id(os.setuid, who.uid, "uid")
+    if kept is not None:
+        caps.limit(kept)
     if no_new_privs:
         libc.prctl(libc.PR_SET_NO_NEW_PRIVS, 1)
     if use_seccomp:

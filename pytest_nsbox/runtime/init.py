@@ -484,8 +484,8 @@ def _child(msg: Exec, stdin: int, stdout: int, stderr: int,
         who = users.exec_user(msg.user or "", passwd, users.read_file(_GROUP))
         env = users.with_home(msg.env, who.uid, passwd)
         _own_stdio(who.uid)
-        _set_groups(who)
-        _set_id(os.setuid, who.uid, "uid")
+        set_groups(who)
+        set_id(os.setuid, who.uid, "uid")
         if not entered:
             os.chdir(cwd)
         if _KEEP is not None:
@@ -519,7 +519,7 @@ def _as_root(env: dict[str, str]) -> dict[str, str]:
         passwd = users.read_file(_PASSWD)
         who = users.exec_user("", passwd, users.read_file(_GROUP))
         if os.getgid() != who.gid or sorted(os.getgroups()) != sorted(who.groups):
-            _set_groups(who)
+            set_groups(who)
         _ROOT_KEY, _ROOT_HOME = key, users.home_of(who.uid, passwd)
     return env if env.get("HOME") else {**env, "HOME": _ROOT_HOME}
 
@@ -532,7 +532,7 @@ def _file_key(path: str) -> tuple[int, ...] | None:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _set_groups(who: users.ExecUser) -> None:
+def set_groups(who: users.ExecUser) -> None:
     """runc's setupUser up to setuid: supplementary groups (skipped where the user namespace
     denies setgroups), then the gid."""
     try:
@@ -542,10 +542,10 @@ def _set_groups(who: users.ExecUser) -> None:
         allowed = True
     if allowed:
         os.setgroups(list(who.groups))
-    _set_id(os.setgid, who.gid, "gid")
+    set_id(os.setgid, who.gid, "gid")
 
 
-def _set_id(call: Callable[[int], None], value: int, what: str) -> None:
+def set_id(call: Callable[[int], None], value: int, what: str) -> None:
     """``setuid``/``setgid``, with runc's words for an id the user namespace does not map."""
     try:
         call(value)
