@@ -287,12 +287,12 @@ class WorkerPlugin:
             return None
         if self.box_error is not None:
             error = self.box_error
-            call = CallInfo.from_call(lambda: pytest.fail(error, pytrace=False), when="setup")
-            self._send(item, item.ihook.pytest_runtest_makereport(item=item, call=call))
+            failed = CallInfo.from_call(lambda: pytest.fail(error, pytrace=False), when="setup")
+            self._send(item, item.ihook.pytest_runtest_makereport(item=item, call=failed))
             # Nothing was set up, so nothing is torn down (plugins' teardown hooks expect
             # their setup hooks to have run).
-            call = CallInfo.from_call(lambda: None, when="teardown")
-            self._send(item, item.ihook.pytest_runtest_makereport(item=item, call=call))
+            nothing = CallInfo.from_call(lambda: None, when="teardown")
+            self._send(item, item.ihook.pytest_runtest_makereport(item=item, call=nothing))
             return True
         rep = self._phase(item, "setup")
         if rep.passed and not item.config.getoption("setuponly", False):
