@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import gc
 import os
+import signal
 import socket
 import sys
 import traceback
 import warnings
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import pytest
@@ -52,6 +54,21 @@ CHANNEL_DIR = "/run/nsbox-isolate"
 SCRATCH = "/run/nsbox-worker"
 #: Every this many tests the worker collects its garbage before freezing it (``_freeze``).
 FREEZE_EVERY = 100
+#: ``0`` turns spare boxes off (each test's box is then made when the test is asked for).
+SPARES_ENV = "NSBOX_ISOLATE_SPARES"
+
+
+@dataclass
+class _Forked:
+    """A box's PID 1 the worker forked: its pid, the read end of its status pipe, and for a
+    spare the worker's end of its socket, how it was built (network, privileged) and the
+    worker's ``generation`` it was forked at."""
+
+    pid: int
+    status: int
+    ctl: socket.socket | None
+    key: tuple[bool, bool]
+    generation: int
 
 
 class _Parents:
@@ -96,6 +113,12 @@ class WorkerPlugin:
         self.mounts = forkbox.child_mounts(read_mountinfo(), skip=(SCRATCH, CHANNEL_DIR),
                                            binds=start.binds)
         self.in_box = False  # True in a test's box process
+        #: Bumped whenever the worker's own state changes (a wider fixture set up, a scope
+        #: torn down): a spare forked before is then stale.
+        self.generation = 0
+        self.setups = 0
+        self.spare: _Forked | None = None
+        self.spares = os.environ.get(SPARES_ENV, "1") != "0"
         self.box_error: str | None = None  # what made the test's box unusable (its user)
         self.forks = 0
         self.finished = False
@@ -137,6 +160,7 @@ class WorkerPlugin:
                                     f"{msg.kind!r} message")
 
     def finish(self, session: pytest.Session) -> None:
+        self.discard_spare()
         errors: list[str] = []
         try:
             session._setupstate.teardown_exact(None)
@@ -160,23 +184,30 @@ class WorkerPlugin:
         nextitem = self.items.get(msg.next_nodeid) if msg.next_nodeid else None
         capman: Any = item.config.pluginmanager.get_plugin("capturemanager")
         capturing = capman is not None and capman.is_globally_capturing()
+        state = session._setupstate
         if capturing:
             capman.resume_global_capture()
         try:
+            before = (tuple(state.stack), self.setups)
             prepare(item)
+            if (tuple(state.stack), self.setups) != before:
+                self.generation += 1  # what a spare box holds is no longer the worker's
         finally:
             if capturing:  # not read here: the test's setup report takes this output
                 capman.suspend_global_capture()
         try:
-            status, error = self.fork_box(item, nextitem, msg, fds)
+            status, error = self.fork_box(msg, fds)
         finally:
             for fd in fds:
                 _close(fd)
         if capturing:
             capman.read_global_capture()  # the box's copy of it was reported already
             capman.resume_global_capture()
-        call = CallInfo.from_call(lambda: session._setupstate.teardown_exact(nextitem),
+        before = (tuple(state.stack), self.setups)
+        call = CallInfo.from_call(lambda: state.teardown_exact(nextitem),
                                   when="teardown", reraise=get_reraise_exceptions(item.config))
+        if (tuple(state.stack), self.setups) != before:
+            self.generation += 1
         sections: list[tuple[str, str]] = []
         if capturing:
             capman.suspend_global_capture()
@@ -195,34 +226,79 @@ class WorkerPlugin:
         send(self.sock, ItemDone(nodeid=msg.nodeid, status=status, error=error,
                                  sections=tuple(sections), teardown=teardown))
 
-    def fork_box(self, item: pytest.Item, nextitem: pytest.Item | None, msg: RunItem,
-                 fds: list[int]) -> tuple[int | None, str | None]:
-        """Run the test in a box forked from here; ``(wait status, None)`` of its process,
-        or ``(None, why)`` when it never ran or its box's PID 1 died."""
-        plan = forkbox.ForkPlan(hostname=msg.hostname, network=msg.network,
-                                mounts=self.mounts, scratch=os.path.join(SCRATCH, "box"),
-                                privileged=msg.privileged)
-        if msg.seccomp and not msg.privileged:
+    def fork_box(self, msg: RunItem, fds: list[int]) -> tuple[int | None, str | None]:
+        """Run the test in a box forked from here: the spare made while the test before it
+        ran when it is still good (built the same way, and nothing in the worker changed
+        since it was forked), else a new one; then the next test's spare. Returns ``(wait
+        status, None)`` of the test's process, or ``(None, why)`` when it never ran or its
+        box's PID 1 died."""
+        key = (msg.network, msg.privileged)
+        spare, self.spare = self.spare, None
+        if spare is not None and spare.key == key and spare.generation == self.generation:
+            box = spare
+            try:
+                send(box.ctl, msg, fds)  # type: ignore[arg-type]
+            except OSError as exc:
+                self._discard(box)
+                return None, f"the test's box was gone before its test: {exc}"
+            box.ctl.close()  # type: ignore[union-attr]
+        else:
+            if spare is not None:
+                self._discard(spare)
+            box = self._fork(key, msg, fds)
+        if self.spares:
+            self.spare = self._fork(key, None, [])
+        try:
+            _, pid1_status = os.waitpid(box.pid, 0)
+            data = read_all(box.status)
+        finally:
+            os.close(box.status)
+        if data[:1] == b"S":
+            return forkbox.decode_status(data[1:]), None
+        if data[:1] == b"E":
+            return None, data[1:].decode(errors="replace")
+        return None, f"the test's box ended before its test did ({_describe(pid1_status)})"
+
+    def _fork(self, key: tuple[bool, bool], msg: RunItem | None, fds: list[int]) -> _Forked:
+        """Fork a box's PID 1: for ``msg`` (its test), or a spare (None) that builds its
+        root now and takes its test over a socket later."""
+        network, privileged = key
+        plan = forkbox.ForkPlan(hostname="", network=network, mounts=self.mounts,
+                                scratch=os.path.join(SCRATCH, "box"), privileged=privileged)
+        if msg is not None and msg.seccomp and not msg.privileged:
             forkbox.seccomp_program(msg.caps or ())  # built once, here, not per box
         forkbox.prepare()
         for stream in (sys.stdout, sys.stderr):
             stream.flush()
         self._freeze()
         rfd, wfd = os.pipe2(os.O_CLOEXEC)
+        ours, theirs = (socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                        if msg is None else (None, None))
         pid = forkbox.fork_pid1(self.pidns)
         if pid == 0:
-            self._pid1(item, nextitem, msg, fds, plan, rfd, wfd)
+            if ours is not None:
+                ours.close()
+            self._pid1(msg, fds, plan, theirs, rfd, wfd)
         os.close(wfd)
+        if theirs is not None:
+            theirs.close()
+        return _Forked(pid=pid, status=rfd, ctl=ours, key=key, generation=self.generation)
+
+    def _discard(self, box: _Forked) -> None:
+        """A spare that will not be used: killed (its PID namespace with it), waited for."""
         try:
-            _, pid1_status = os.waitpid(pid, 0)
-            data = read_all(rfd)
-        finally:
-            os.close(rfd)
-        if data[:1] == b"S":
-            return forkbox.decode_status(data[1:]), None
-        if data[:1] == b"E":
-            return None, data[1:].decode(errors="replace")
-        return None, f"the test's box ended before its test did ({_describe(pid1_status)})"
+            os.kill(box.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(box.pid, 0)
+        os.close(box.status)
+        if box.ctl is not None:
+            box.ctl.close()
+
+    def discard_spare(self) -> None:
+        spare, self.spare = self.spare, None
+        if spare is not None:
+            self._discard(spare)
 
     def _freeze(self) -> None:
         """Move every object the worker has to the garbage collector's permanent
@@ -235,13 +311,24 @@ class WorkerPlugin:
             gc.collect()
         gc.freeze()
 
-    def _pid1(self, item: pytest.Item, nextitem: pytest.Item | None, msg: RunItem,
-              fds: list[int], plan: forkbox.ForkPlan, rfd: int, wfd: int) -> NoReturn:
-        """The box's PID 1: build it, fork the test process, reap, report its status."""
+    def _pid1(self, msg: RunItem | None, fds: list[int], plan: forkbox.ForkPlan,
+              ctl: socket.socket | None, rfd: int, wfd: int) -> NoReturn:
+        """The box's PID 1: build the box, take its test (a spare waits for it), join the
+        test's cgroup, fork the test process, reap, report its status."""
         try:
             os.close(rfd)
-            forkbox.enter(plan, fds)
+            forkbox.build(plan)
+            if msg is None:
+                assert ctl is not None
+                got, fds = recv(ctl)
+                if not isinstance(got, RunItem):  # the worker let go of this spare
+                    os._exit(0)
+                msg = got
+                ctl.close()
+            forkbox.join(msg.hostname, fds)
             _oom_protect()
+            item = self.items[msg.nodeid]
+            nextitem = self.items.get(msg.next_nodeid) if msg.next_nodeid else None
             child = os.fork()
             if child == 0:
                 os.close(wfd)
@@ -308,6 +395,12 @@ class WorkerPlugin:
     def _send(self, item: pytest.Item, report: pytest.TestReport) -> None:
         data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
         send(self.sock, Report(data=data))
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_fixture_setup(self) -> None:
+        """Count the worker's own fixture setups (a spare box forked before one is stale)."""
+        if not self.in_box:
+            self.setups += 1
 
     def pytest_warning_recorded(self, warning_message: warnings.WarningMessage, when: str,
                                 nodeid: str, location: tuple[str, int, str] | None) -> None:

@@ -135,11 +135,18 @@ def enter(plan: ForkPlan, cgroup_procs: Iterable[int]) -> None:
     """In the child (PID 1 of its namespace): join the cgroup, make the namespaces, build
     the root and move into it, at the same working directory. Raises ``OSError`` for a
     step the kernel refuses."""
+    _join_cgroup(cgroup_procs)
+    build(plan)
+    join(plan.hostname, ())
+
+
+def build(plan: ForkPlan) -> None:
+    """The namespaces and the root of a box, in the child (PID 1 of its namespace), before
+    it knows its test: a spare box made while the test before it runs (``join`` finishes
+    it). The mount tree is private before the first mount; the working directory is kept.
+    Raises ``OSError`` for a step the kernel refuses."""
     cwd = os.getcwd()
-    for fd in cgroup_procs:
-        os.write(fd, b"0")
-        os.close(fd)
-    flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC | libc.CLONE_NEWCGROUP
+    flags = libc.CLONE_NEWNS | libc.CLONE_NEWUTS | libc.CLONE_NEWIPC
     if plan.network:
         flags |= libc.CLONE_NEWNET
     libc.unshare(flags)
@@ -186,9 +193,22 @@ def enter(plan: ForkPlan, cgroup_procs: Iterable[int]) -> None:
     libc.pivot_root(".", ".")
     libc.umount2(".", libc.MNT_DETACH)
     os.chdir(cwd)
-    libc.sethostname(plan.hostname)
     if plan.network:
         loopback_up()
+
+
+def join(hostname: str, cgroup_procs: Iterable[int]) -> None:
+    """Finish a built box for its test: into the test's cgroup (the memory the box uses
+    from now on is charged there), a cgroup namespace rooted at it, the test's hostname."""
+    _join_cgroup(cgroup_procs)
+    libc.unshare(libc.CLONE_NEWCGROUP)
+    libc.sethostname(hostname)
+
+
+def _join_cgroup(cgroup_procs: Iterable[int]) -> None:
+    for fd in cgroup_procs:
+        os.write(fd, b"0")
+        os.close(fd)
 
 
 _PROGRAMS: dict[tuple[int, ...], bytes] = {}
