@@ -318,6 +318,11 @@ def cmd_images(args: argparse.Namespace, dirs: StateDirs) -> int:
     store = engine.store
     store.progress = lambda line: print(line, file=sys.stderr, flush=True)
     try:
+        from . import image_commands
+
+        store.insecure_registries = image_commands.insecure_registries(
+            getattr(args, "insecure_registry", None))
+        store.image_cache = getattr(args, "image_cache", None) or None
         return _images(args, store)
     finally:
         client.shutdown()
@@ -341,6 +346,9 @@ def _images(args: argparse.Namespace, store: Any) -> int:
         built = image_commands.build(store, args.path, build_args=args.build_arg,
                                      target=args.target)
         print(f"built {built.ref} {built.id}")
+    elif action == "push":
+        pushed = image_commands.push(store, args.ref, args.dest, args.chunk_size)
+        print(f"pushed {pushed.ref} {pushed.digest}")
     elif action == "rm":
         failed = 0
         for ref in args.refs:
@@ -370,6 +378,19 @@ def _backend(args: argparse.Namespace) -> Any:
         return detect(parent=args.cgroup_parent)
     except NsboxError:
         return None
+
+
+def _size(text: str) -> int:
+    """A ``--chunk-size``: bytes, or binary units (``16M``); argparse reports a bad one."""
+    from .units import parse_size
+
+    try:
+        size = parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}; use e.g. 16M") from None
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be at least 1 byte; use e.g. 16M")
+    return size
 
 
 def parser() -> argparse.ArgumentParser:
@@ -419,7 +440,7 @@ def parser() -> argparse.ArgumentParser:
                       help="also remove boxes kept for inspection (--nsbox-keep)")
     gc_p.set_defaults(func=cmd_gc)
 
-    images = sub.add_parser("images", help="list, build, rm, prune images",
+    images = sub.add_parser("images", help="list, build, push, rm, prune images",
                             description="The image store.")
     images.set_defaults(func=cmd_images, images_action=None)
     isub = images.add_subparsers(dest="images_action", metavar="ACTION")
@@ -431,6 +452,25 @@ def parser() -> argparse.ArgumentParser:
                        help="ARG value (KEY alone: from the environment); repeatable")
     build.add_argument("--target", default=None, metavar="STAGE",
                        help="build this stage (default: the last)")
+    build.add_argument("--image-cache", default=None, metavar="REGISTRY/REPO",
+                       help="shared build cache: look steps up there before building them, "
+                            "push them there after (as ini nsbox_image_cache)")
+    push = isub.add_parser(
+        "push", help="push an image to a registry (OCI distribution API)",
+        description="Push image REF (a tag, id, fixtures image or any reference the marker "
+                    "takes) to DEST (REGISTRY/REPOSITORY[:TAG], default tag latest): blobs "
+                    "the registry has are skipped, blobs known in another repository of it "
+                    "are mounted, the rest uploaded; then the manifest. Credentials as for "
+                    "pull ($REGISTRY_AUTH_FILE, docker's config.json).")
+    push.add_argument("ref", metavar="REF")
+    push.add_argument("dest", metavar="DEST")
+    push.add_argument("--chunk-size", type=_size, default=None, metavar="SIZE",
+                      help="blobs larger than this go up in PATCH chunks of it (default 16M)")
+    for sub_p in (build, push):
+        sub_p.add_argument("--insecure-registry", action="append", default=[],
+                           metavar="HOST:PORT",
+                           help="reach this registry over plain http; repeatable (also "
+                                "$NSBOX_INSECURE_REGISTRIES, comma-separated)")
     rm = isub.add_parser("rm", help="remove tags or images (by id); layers stay until prune")
     rm.add_argument("refs", metavar="REF", nargs="+")
     isub.add_parser("prune", help="remove layers no image (and no running box) uses")

@@ -1,4 +1,4 @@
-"""What ``python -m pytest_nsbox images list|build|rm|prune`` does, as plain functions."""
+"""What ``python -m pytest_nsbox images list|build|push|rm|prune`` does, as plain functions."""
 from __future__ import annotations
 
 import os
@@ -11,6 +11,8 @@ from .kernel.fs import remove_tree
 from .images import builtin
 from .model.image import Image
 from .images.content import read_record
+from .images import push as pushing
+from .images.push import Pushed
 from .images.store import ImageStore
 from .model.image_records import BlobLink, StepCacheEntry
 
@@ -85,7 +87,8 @@ def prune(store: ImageStore) -> list[str]:
     """Delete layers no image uses (nor a running or kept box, nor a built-in); returns
     their ids.
 
-    Build cache entries, blob records and blobs that pointed at them go too.
+    Build cache entries, blob records and blobs that pointed at them go too, and what
+    the store remembered of those blobs and steps in registries.
     """
     removed: list[str] = []
     with store.using(exclusive=True):
@@ -134,6 +137,14 @@ def prune(store: ImageStore) -> list[str]:
         for name in _listdir(store.path("blobs", "sha256")):
             if name not in wanted:
                 os.unlink(store.path("blobs", "sha256", name))
+        # Where deleted blobs were seen in registries, and which deleted steps are known
+        # to be in the shared build cache (build/cache.py: <scope>-<key>).
+        for name in _listdir(store.path("bloblocations")):
+            if name[:-len(".json")] not in wanted:
+                os.unlink(store.path("bloblocations", name))
+        for name in _listdir(store.path("remotecache")):
+            if not os.path.exists(store.path("cache", name.rpartition("-")[2] + ".json")):
+                os.unlink(store.path("remotecache", name))
         stale = time.time() - TMP_MAX_AGE
         for name in _listdir(store.path("tmp")):
             # Left by a crashed build or import (built-in layers are made without holding
@@ -182,3 +193,37 @@ def build(store: ImageStore, name_or_path: str, build_args: list[str] | None = N
     return store.build(name_or_path,
                        build_args=collect_build_args([], build_args or [], CLI_BUILD_ARG),
                        target=target)
+
+
+#: The environment variable naming plain-http registries for the command line.
+INSECURE_ENV = "NSBOX_INSECURE_REGISTRIES"
+
+
+def insecure_registries(options: list[str] | None = None) -> list[str]:
+    """Plain-http registries for the command line: ``$NSBOX_INSECURE_REGISTRIES``
+    (comma-separated) and ``--insecure-registry HOST:PORT`` (repeatable), each
+    ``host[:port]`` with no scheme or path. Raises ``ImageError`` naming a bad one."""
+    found: list[str] = []
+    sources = [(INSECURE_ENV, os.environ.get(INSECURE_ENV, "").split(","))]
+    sources.append(("--insecure-registry", list(options or [])))
+    for source, items in sources:
+        for item in items:
+            name = item.strip()
+            if not name and source == INSECURE_ENV:
+                continue
+            if not name or "/" in name or "://" in name or " " in name:
+                raise ImageError(f"{source} {item!r}: not a registry; use HOST:PORT, e.g. "
+                                 f"127.0.0.1:5000")
+            if name not in found:
+                found.append(name)
+    return found
+
+
+def push(store: ImageStore, ref: str, dest: str, chunk_size: int | None = None) -> Pushed:
+    """Push image ``ref`` (any reference ``get`` takes) to ``dest``
+    (``registry/repository[:tag]``), over plain http where ``store.insecure_registries``
+    lists its registry; blobs of at most ``chunk_size`` bytes (default
+    ``push.CHUNK_SIZE``) go in one request. Raises ``ImageError``."""
+    image = store.get(ref)
+    return pushing.push(store, image, dest, store.insecure_registries,
+                        chunk_size or pushing.CHUNK_SIZE)

@@ -25,7 +25,9 @@ parent chain (the layers so far, or for ``host`` the host's fingerprint), the in
 expanded, and what it depends on: for RUN the environment (declared ARGs included, so an ARG
 changes the key only where it is in scope, as Docker's cache does), working directory, user,
 network and shell; for COPY/ADD the content, modes and names of what it copies (``copy.py``).
-A step whose key is in the store's cache is not run again. Steps are built under a file lock
+A step whose key is in the store's cache is not run again; with a shared build cache
+(ini ``nsbox_image_cache``, ``cache.py``) a step missing here is looked up in a registry
+before it runs, and pushed there after. Steps are built under a file lock
 on their key, so pytest processes that need the same new image at once (xdist workers) build
 each step once; the others wait and reuse.
 
@@ -63,6 +65,7 @@ from ..overlay.view import MergedView
 from ..runtime.box import Box
 from ..runtime.engine import Engine, default_engine
 from . import containerfile as cf
+from .cache import RegistryCache, for_store
 from . import copy as cp
 from .shell_lex import Lex, ShellLexError
 
@@ -228,6 +231,8 @@ class Builder:
         self.build_args = dict(build_args or {})
         self.target = target
         self.ran = 0  # steps executed (not cached), for callers and tests
+        # The shared build cache (ini nsbox_image_cache), None without one.
+        self.remote: RegistryCache | None = for_store(store)
         self.used_args: set[str] = set()
         self.lex = Lex()
         self.states: list[StageState] = []
@@ -632,6 +637,7 @@ class Builder:
         stage = f" stage {state.label!r}" if len(self.states) > 1 else ""
         label = f"image {self.name!r}{stage} step {number}/{total}: {_short(ins.text)}"
         hit = store.cached_step(key)
+        remote = self.remote
         if hit is None:
             os.makedirs(store.dirs.locks, exist_ok=True)
             lock = FileLock(os.path.join(store.dirs.locks, f"step-{key}.lock"),
@@ -639,7 +645,16 @@ class Builder:
             try:
                 with lock:
                     hit = store.cached_step(key)
-                    if hit is None:
+                    pulled = remote.lookup(key) if hit is None and remote else None
+                    if pulled is not None and remote is not None:
+                        hit = pulled
+                        store.cache_step(key, StepCacheEntry(layer=hit, created_by=ins.text,
+                                                             image=self.name))
+                        store.say(f"nsbox: {label} (from the image cache {remote.name})")
+                        store.log(f"pulled image={self.name} step={number}/{total} "
+                                  f"{ins.keyword} key={key[:16]} layer={hit[:16]} "
+                                  f"from={remote.name}")
+                    elif hit is None:
                         store.say(f"nsbox: {label}")
                         started = time.monotonic()
                         tmp = store.new_tmp("step")
@@ -655,12 +670,16 @@ class Builder:
                         store.log(f"build image={self.name} step={number}/{total} "
                                   f"{ins.keyword} key={key[:16]} layer={hit[:16]} "
                                   f"took={time.monotonic() - started:.2f}s")
+                    if remote is not None:
+                        remote.export(key, hit, ins.text)
             except Timeout:
                 raise ImageError(f"{self.path}:{ins.line}: {ins.keyword}: another process held "
                                  f"the build lock of this step for {BUILD_LOCK_TIMEOUT:.0f} s"
                                  ) from None
         else:
             store.say(f"nsbox: {label} (cached)")
+            if remote is not None:
+                remote.export(key, hit, ins.text)
         state.ids.append(hit)
         state.chain = _key(state.chain, hit)
         state.history.append({"created": store.layer_created(hit), "created_by": ins.text})

@@ -376,8 +376,11 @@ class _Tee(io.RawIOBase):
 
 def import_layer(store: ContentStore, opener: Callable[[], IO[bytes]], digest: str | None,
                  media_type: str, diff_id: str, where: str, size: int | None = None,
-                 keep_blob: bool = True) -> str:
-    """Unpack one layer blob into the store, checking its digest and diff_id; its id."""
+                 keep_blob: bool = True, created: str | None = None,
+                 created_by: str | None = None) -> str:
+    """Unpack one layer blob into the store, checking its digest and diff_id; its id.
+    ``created``/``created_by`` are recorded for a new layer (default: now, and where it
+    was imported from)."""
     key = (digest or diff_id).split(":", 1)[1]
     os.makedirs(store.dirs.locks, exist_ok=True)
     with FileLock(os.path.join(store.dirs.locks, f"blob-{key}.lock"), timeout=LOCK_TIMEOUT):
@@ -403,8 +406,9 @@ def import_layer(store: ContentStore, opener: Callable[[], IO[bytes]], digest: s
             elif not got.compressed and media_type.endswith("gzip"):
                 media_type = OCI_LAYER
             blob = Descriptor(digest=got.digest, media_type=media_type, size=got.size)
-            lid = store.add_layer(tmp, created_by=f"imported from {where}", diff_id=diff_id,
-                                  blob=blob if keep_blob else None)
+            lid = store.add_layer(tmp, created_by=created_by or f"imported from {where}",
+                                  diff_id=diff_id, blob=blob if keep_blob else None,
+                                  created=created)
             if keep_blob:
                 final = store.blob_path(got.digest)
                 os.makedirs(os.path.dirname(final), exist_ok=True)
@@ -497,14 +501,7 @@ def save(image: Image, path: str, format: str = "oci", tag: str | None = None) -
     if format not in ("oci", "docker-archive"):
         raise ImageError(f"save(format={format!r}): use 'oci' (a layout directory) or "
                          f"'docker-archive' (a docker save tar)")
-    if image.from_host_os:
-        raise ImageError(f"image {image.ref!r} is based on 'host': its bottom layer is this "
-                         f"machine's own /, which cannot be saved; base the image on busybox, "
-                         f"scratch or an imported image to save it")
-    store: ContentStore | None = image.store
-    if store is None:
-        raise ImageError(f"image {image.ref!r} does not come from an image store; get it "
-                         f"with nsbox_images.get()")
+    store = _exportable(image, "saved")
     path = os.path.abspath(os.fspath(path))
     name, default_tag = split_ref(image.ref)
     if tag is not None:
@@ -524,6 +521,37 @@ def save(image: Image, path: str, format: str = "oci", tag: str | None = None) -
         else:
             writer.to_archive(path, f"{name or 'nsbox/' + image.id[7:19]}:{tag}")
     return path
+
+
+def _exportable(image: Image, what: str) -> ContentStore:
+    """The store of ``image``; ``ImageError`` when it cannot be ``what`` (saved, pushed):
+    based on ``host``, or of no store."""
+    if image.from_host_os:
+        raise ImageError(f"image {image.ref!r} is based on 'host': its bottom layer is this "
+                         f"machine's own /, which cannot be {what}; base the image on busybox, "
+                         f"scratch or an imported image to have it {what}")
+    store: ContentStore | None = image.store
+    if store is None:
+        raise ImageError(f"image {image.ref!r} does not come from an image store; get it "
+                         f"with nsbox_images.get()")
+    return store
+
+
+def image_blobs(image: Image, put: Callable[[str, str, int], None], what: str = "pushed"
+                ) -> tuple[bytes, bytes]:
+    """``(config, manifest)`` of ``image`` as ``save(format="oci")`` writes them (OCI
+    media types, gzip'd layers, the config as imported where its diff_ids still hold);
+    each layer blob is first handed to ``put(path, digest, size)``, the file lasting until
+    ``put`` returns. Raises ``ImageError`` for an image that cannot be ``what``."""
+    store = _exportable(image, what)
+    with store.using():
+        writer = _Exporter(store, image, compress=True)
+        try:
+            layers = writer._layers(put)
+            config = writer._config([d for _g, d, _s, _k in layers])
+            return config, writer._manifest(config, layers)
+        finally:
+            shutil.rmtree(writer.tmpdir, ignore_errors=True)
 
 
 class _Exporter:

@@ -1,4 +1,5 @@
-"""Pulling from a registry: the distribution API v2 (``/v2/<name>/manifests|blobs/...``).
+"""The registry client: the distribution API v2 (``/v2/<name>/manifests|blobs/...``), and
+pulls. Pushes (``push.py``) use the same ``Client`` with the ``push`` action.
 
 Authentication follows the registry's ``WWW-Authenticate`` challenge: none, ``Basic``
 (credentials sent to the registry itself) or ``Bearer`` (a token fetched from the realm it
@@ -12,6 +13,11 @@ answer 404 for an OCI image otherwise); a manifest list or OCI index picks linux
 host's architecture. Every manifest, config and layer is checked against its digest; layers
 already in the store are not downloaded again. Every network wait is bounded by a socket
 timeout.
+
+Where a blob was seen (pulled from, or pushed to, ``registry/repository``) is remembered in
+``<store>/bloblocations/<hex>.json`` (``BlobLocations``), as containers/image's blob info
+cache remembers it (``RecordKnownLocation``): a push to another repository of the same
+registry can then mount the blob from there instead of uploading it.
 """
 from __future__ import annotations
 
@@ -25,12 +31,13 @@ import time
 import urllib.parse
 from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from ..errors import ImageError
 from ..model.image import Image
+from ..model.image_records import Record
 from . import layers as layerfs
-from .content import ContentStore
+from .content import ContentStore, read_record, write_record
 from .oci import (DOCKER_LIST, DOCKER_MANIFEST, INDEX_TYPES, MANIFEST_TYPES, OCI_INDEX,
                   OCI_MANIFEST, import_manifest, parse_json, pick_platform)
 from .refs import DOCKER_HUB, HUB_ALIASES, Reference, check_digest
@@ -39,6 +46,8 @@ TIMEOUT = 30.0
 MAX_REDIRECTS = 5
 MAX_MANIFEST = 4 << 20
 ACCEPT = ", ".join((OCI_MANIFEST, OCI_INDEX, DOCKER_MANIFEST, DOCKER_LIST))
+#: How many repositories a blob's known locations keep (the most recent).
+MAX_LOCATIONS = 16
 # -- credentials --------------------------------------------------------------------------
 
 def _auth_files() -> list[str]:
@@ -91,20 +100,37 @@ def _challenge(header: str) -> tuple[str, dict[str, str]]:
     return scheme.lower(), params
 
 
+#: A request body: bytes, or a seekable file read from its current position.
+Body = bytes | IO[bytes] | None
+
+
 class Client:
     """The distribution API of ``ref``'s registry, over https unless its host (or
-    ``host:port``) is in ``insecure``; blobs already in ``store`` are read from there."""
+    ``host:port``) is in ``insecure``; blobs already in ``store`` are read from there.
+
+    ``push`` asks for the ``pull,push`` actions on ``ref``'s repository when a token is
+    needed (containers/image ``newDockerClient``'s scope for a destination), else ``pull``.
+    ``request`` sends any method; a request answered ``401`` is authorized from the
+    challenge and sent again once, its body rewound.
+    """
 
     def __init__(self, store: ContentStore, ref: Reference,
-                 insecure: Collection[str] = ()) -> None:
+                 insecure: Collection[str] = (), *, push: bool = False) -> None:
         self.store = store
         self.ref = ref
         host = ref.api_host
         self.scheme = "http" if (host in insecure or ref.registry in insecure) else "https"
         self.creds = credentials(ref.registry)
-        self.auth: str | None = None
+        self.actions = "pull,push" if push else "pull"
+        # Authorization per extra repository a request reads (a mount's source), None: none.
+        self.auths: dict[str | None, str] = {}
         self.downloaded = 0
         self.blobs = 0
+
+    @property
+    def base(self) -> str:
+        """``scheme://host`` of the registry's API."""
+        return f"{self.scheme}://{self.ref.api_host}"
 
     def _connect(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
         if scheme == "https":
@@ -112,8 +138,11 @@ class Client:
                                                context=ssl.create_default_context())
         return http.client.HTTPConnection(netloc, timeout=TIMEOUT)
 
-    def _send(self, url: str, headers: dict[str, str]) -> http.client.HTTPResponse:
-        """GET ``url``, following redirects (credentials never leave the registry host)."""
+    def _send(self, method: str, url: str, headers: dict[str, str],
+              body: Body = None) -> http.client.HTTPResponse:
+        """Send one request, following redirects of GET and HEAD (credentials never leave
+        the registry host). Uploads are answered with ``Location`` headers, not
+        redirects (distribution spec, "Pushing blobs")."""
         auth_host = urllib.parse.urlsplit(url).netloc
         for _ in range(MAX_REDIRECTS + 1):
             parts = urllib.parse.urlsplit(url)
@@ -127,7 +156,7 @@ class Client:
             if parts.netloc != auth_host:
                 hdrs.pop("Authorization", None)
             try:
-                conn.request("GET", path, headers=hdrs)
+                conn.request(method, path, body=body, headers=hdrs)
                 resp = conn.getresponse()
             except ssl.SSLError as exc:
                 conn.close()
@@ -140,7 +169,7 @@ class Client:
                                  f"over {parts.scheme} ({exc}); is it running? plain-http "
                                  f"registries must be listed in ini nsbox_insecure_registries"
                                  ) from None
-            if resp.status in (301, 302, 303, 307, 308):
+            if method in ("GET", "HEAD") and resp.status in (301, 302, 303, 307, 308):
                 location = resp.getheader("Location") or ""
                 resp.read()
                 conn.close()
@@ -149,25 +178,45 @@ class Client:
             return resp
         raise ImageError(f"registry {self.ref.registry}: more than {MAX_REDIRECTS} redirects")
 
-    def get(self, path: str, accept: str | None = None) -> http.client.HTTPResponse:
-        url = f"{self.scheme}://{self.ref.api_host}{path}"
-        headers = {"User-Agent": "pytest-nsbox", "Accept": accept or "*/*"}
+    def url(self, path_or_url: str) -> str:
+        """An absolute URL: ``path_or_url`` itself, or a path (``/v2/...``) on the registry;
+        a ``Location`` header may be either (RFC 7231 section 7.1.2)."""
+        return urllib.parse.urljoin(self.base + "/", path_or_url)
+
+    def request(self, method: str, path_or_url: str, *, accept: str | None = None,
+                headers: dict[str, str] | None = None, body: Body = None,
+                reads: str | None = None) -> http.client.HTTPResponse:
+        """``method`` on ``path_or_url`` (see ``url``), authorized for this client's
+        repository and, with ``reads``, for pulling from repository ``reads`` too (a
+        cross-repository mount's source, containers/image ``extraScope``). Returns the
+        response (any status but a second ``401``); raises ``ImageError`` when the
+        registry cannot be reached or refuses the credentials."""
+        url = self.url(path_or_url)
+        hdrs = {"User-Agent": "pytest-nsbox", "Accept": accept or "*/*", **(headers or {})}
+        start = body.tell() if body is not None and not isinstance(body, bytes) else 0
         tried_auth = False
         while True:
-            if self.auth:
-                headers["Authorization"] = self.auth
-            resp = self._send(url, headers)
+            auth = self.auths.get(reads)
+            if auth:
+                hdrs["Authorization"] = auth
+            resp = self._send(method, url, hdrs, body)
             if resp.status != 401:
                 return resp
             challenge = resp.getheader("WWW-Authenticate") or ""
-            body = resp.read(65536)
+            detail = resp.read(65536)
+            resp.close()
             if tried_auth:
-                raise self._denied(body)
+                raise self._denied(detail)
             tried_auth = True
-            self.auth = self._authorize(challenge, body)
+            self.auths[reads] = self._authorize(challenge, detail, reads)
+            if body is not None and not isinstance(body, bytes):
+                body.seek(start)
+
+    def get(self, path: str, accept: str | None = None) -> http.client.HTTPResponse:
+        return self.request("GET", path, accept=accept)
 
     def _denied(self, body: bytes) -> ImageError:
-        detail = _errors(body)
+        detail = error_text(body)
         if self.creds:
             user, _pw, path = self.creds
             return ImageError(f"registry {self.ref.registry}: authentication failed for user "
@@ -177,7 +226,7 @@ class Client:
                           f"credentials{detail}; run `docker login {self.ref.registry}` or put "
                           f"them in $REGISTRY_AUTH_FILE")
 
-    def _authorize(self, challenge: str, body: bytes) -> str:
+    def _authorize(self, challenge: str, body: bytes, reads: str | None = None) -> str:
         scheme, params = _challenge(challenge)
         if scheme == "basic":
             if not self.creds:
@@ -185,16 +234,29 @@ class Client:
             user, password, _path = self.creds
             return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
         if scheme == "bearer":
-            return "Bearer " + self._token(params)
+            return "Bearer " + self._token(params, reads)
         raise ImageError(f"registry {self.ref.registry}: unsupported authentication "
                          f"{challenge!r} (Basic and Bearer are supported)")
 
-    def _token(self, params: dict[str, str]) -> str:
+    def scopes(self, challenged: str = "", reads: str | None = None) -> list[str]:
+        """The token scopes to ask for (Docker's token spec, ``scope`` parameters): this
+        client's repository with its actions, ``reads`` with ``pull``, then any other the
+        challenge names."""
+        wanted = [f"repository:{self.ref.repository}:{self.actions}"]
+        if reads is not None:
+            wanted.append(f"repository:{reads}:pull")
+        for scope in challenged.split():
+            name = scope.rsplit(":", 1)[0]
+            if not any(w.rsplit(":", 1)[0] == name for w in wanted):
+                wanted.append(scope)
+        return wanted
+
+    def _token(self, params: dict[str, str], reads: str | None = None) -> str:
         realm = params.get("realm")
         if not realm:
             raise ImageError(f"registry {self.ref.registry}: a Bearer challenge without realm")
-        query = {"service": params.get("service", "")} if params.get("service") else {}
-        query["scope"] = params.get("scope") or f"repository:{self.ref.repository}:pull"
+        query = [("service", params["service"])] if params.get("service") else []
+        query += [("scope", s) for s in self.scopes(params.get("scope", ""), reads)]
         url = realm + ("&" if "?" in realm else "?") + urllib.parse.urlencode(query)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme == "http" and self.scheme != "http":
@@ -205,13 +267,13 @@ class Client:
             user, password, _path = self.creds
             headers["Authorization"] = "Basic " + base64.b64encode(
                 f"{user}:{password}".encode()).decode()
-        resp = self._send(url, headers)
+        resp = self._send("GET", url, headers)
         body = resp.read(1 << 20)
         if resp.status in (401, 403):
             raise self._denied(body)
         if resp.status != 200:
             raise ImageError(f"registry {self.ref.registry}: token server {parts.netloc} "
-                             f"answered HTTP {resp.status}{_errors(body)}")
+                             f"answered HTTP {resp.status}{error_text(body)}")
         data = parse_json(body, f"token from {realm}")
         token = data.get("token") or data.get("access_token")
         if not token:
@@ -221,14 +283,24 @@ class Client:
 
     # -- API calls -----------------------------------------------------------------------
     def manifest(self, reference: str) -> tuple[bytes, str]:
+        """``(manifest, its media type)`` of tag or digest ``reference``; ``ImageError``
+        when there is none, or the registry fails."""
+        found = self.find_manifest(reference)
+        if found is None:
+            raise ImageError(f"image {self.ref}: not found in registry {self.ref.registry} "
+                             f"(no manifest {reference!r})")
+        return found
+
+    def find_manifest(self, reference: str) -> tuple[bytes, str] | None:
+        """``manifest``, but None where the registry answers ``404`` (no such tag, or no
+        such repository yet)."""
         resp = self.get(f"/v2/{self.ref.repository}/manifests/{reference}", ACCEPT)
         body = resp.read(MAX_MANIFEST + 1)
         if resp.status == 404:
-            raise ImageError(f"image {self.ref}: not found in registry {self.ref.registry} "
-                             f"(no manifest {reference!r}){_errors(body)}")
+            return None
         if resp.status != 200:
             raise ImageError(f"image {self.ref}: registry {self.ref.registry} answered HTTP "
-                             f"{resp.status} for manifest {reference!r}{_errors(body)}")
+                             f"{resp.status} for manifest {reference!r}{error_text(body)}")
         if len(body) > MAX_MANIFEST:
             raise ImageError(f"image {self.ref}: manifest larger than 4 MiB; refused")
         ctype = (resp.getheader("Content-Type") or "").split(";")[0].strip()
@@ -239,7 +311,7 @@ class Client:
         if resp.status != 200:
             body = resp.read(65536)
             raise ImageError(f"image {self.ref}: registry answered HTTP {resp.status} for blob "
-                             f"{digest}{_errors(body)}")
+                             f"{digest}{error_text(body)}")
         self.blobs += 1
         return _Counting(resp, self)
 
@@ -271,7 +343,44 @@ class _Counting:
         self.resp.close()
 
 
-def _errors(body: bytes) -> str:
+# -- where blobs are known to be ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BlobLocations(Record):
+    """``bloblocations/<hex>.json``: repositories (``registry/repository``) blob ``digest``
+    was pulled from or pushed to, most recent last (containers/image's blob info cache
+    ``RecordKnownLocation``)."""
+
+    digest: str
+    repositories: tuple[str, ...]
+
+
+def _locations_path(store: ContentStore, digest: str) -> str:
+    return store.path("bloblocations", check_digest(digest, "blob location")[7:] + ".json")
+
+
+def known_locations(store: ContentStore, digest: str) -> tuple[str, ...]:
+    """Where blob ``digest`` was seen (``registry/repository``), most recent first; none
+    when unknown. Raises ``ImageError`` for an unreadable record (naming the file)."""
+    found = read_record(BlobLocations, _locations_path(store, digest))
+    return tuple(reversed(found.repositories)) if found is not None else ()
+
+
+def record_location(store: ContentStore, digest: str, repository: str) -> None:
+    """Remember that ``repository`` (``registry/repository``) holds blob ``digest`` (the
+    last ``MAX_LOCATIONS`` are kept; a concurrent writer may win, as the record is a
+    hint: a push checks a location with ``HEAD`` before it mounts from it)."""
+    path = _locations_path(store, digest)
+    found = read_record(BlobLocations, path)
+    before = [r for r in (found.repositories if found else ()) if r != repository]
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_record(path, BlobLocations(digest=digest, repositories=tuple(
+        [*before, repository][-MAX_LOCATIONS:])))
+
+
+def error_text(body: bytes) -> str:
+    """`` (CODE: message; ...)`` of a registry's JSON error body (distribution spec "Error
+    Codes"), ``""`` for any other body."""
     try:
         data = json.loads(body)
         msgs = [f"{e.get('code')}: {e.get('message')}" for e in data.get("errors") or []]
@@ -330,6 +439,9 @@ def pull(store: ContentStore, ref: str, insecure: Collection[str] = ()) -> Pulle
     with store.using():
         image = import_manifest(store, doc, f"image {ref!r}", ref, [str(parsed)],
                                 client.blob, client.read_blob, progress)  # type: ignore[arg-type]
+        repository = f"{parsed.registry}/{parsed.repository}"
+        for desc in [doc.get("config") or {}, *(doc.get("layers") or [])]:
+            record_location(store, str(desc.get("digest")), repository)
     store.say(f"nsbox: pulled {parsed} ({client.blobs} blobs, "
               f"{client.downloaded / 1048576:.1f} MiB downloaded)")
     return Pulled(image=image, ref=str(parsed), blobs_downloaded=client.blobs,

@@ -34,8 +34,10 @@ class ImageStore(ContentStore):
     ``oci:``/``docker-archive:`` paths start there; default the working directory),
     ``insecure_registries`` (``host:port`` names reached over plain http), ``progress``
     (called with one line per build step and per pulled layer), ``run_timeout`` (seconds
-    one ``RUN`` step may take) and ``build_args`` (``ARG`` values for every Containerfile
-    build: ``--nsbox-build-arg``, ini ``nsbox_build_args``).
+    one ``RUN`` step may take), ``build_args`` (``ARG`` values for every Containerfile
+    build: ``--nsbox-build-arg``, ini ``nsbox_build_args``) and ``image_cache``
+    (``registry/repository`` the builder looks steps up in and pushes them to: ini
+    ``nsbox_image_cache``; None: no shared cache).
     """
 
     def __init__(self, dirs: StateDirs, *, builder: ImageBuilder | None = None,
@@ -49,6 +51,7 @@ class ImageStore(ContentStore):
         self.insecure_registries: list[str] = list(insecure_registries or [])
         self.run_timeout = 600.0
         self.build_args: dict[str, str] = {}
+        self.image_cache: str | None = None
         self.last_pull: registry.Pulled | None = None  # what the last pull downloaded
         self._cache: dict[str, Image] = {}
         # Asked in order for references the store does not know (the plugin adds the
