@@ -882,7 +882,7 @@ class _Layer:
                     os.mkdir(part, 0o700, dir_fd=fd)
                     sub = os.open(part, _OPEN_DIR, dir_fd=fd)
                     st = below[1]
-                    os.fchown(sub, st.st_uid, st.st_gid)
+                    layerfs.chown(sub, st.st_uid, st.st_gid)
                     os.fchmod(sub, stat.S_IMODE(st.st_mode))
                     for name, value in layerfs._xattrs(below[0]).items():
                         os.setxattr(sub, name, value)
@@ -920,7 +920,7 @@ class _Layer:
         fd = self.dirfd(parts[:-1])
         try:
             os.mkdir(parts[-1], 0o700, dir_fd=fd)
-            os.chown(parts[-1], owner[0], owner[1], dir_fd=fd)
+            layerfs.chown(parts[-1], owner[0], owner[1], dir_fd=fd)
             os.chmod(parts[-1], mode & 0o777, dir_fd=fd)
         finally:
             os.close(fd)
@@ -1071,7 +1071,7 @@ class _Copier:
             fd = self.layer.dirfd(target)
             try:
                 uid, gid = self.owner(src.st)
-                os.fchown(fd, uid, gid)
+                layerfs.chown(fd, uid, gid)
                 os.fchmod(fd, self.mode(src.st.st_mode))
                 for key, value in layerfs._xattrs(src.path).items():
                     os.setxattr(fd, key, value)
@@ -1110,7 +1110,7 @@ class _Copier:
             try:
                 layerfs._write_all(out, item.data)
                 uid, gid = self.owner(None)
-                os.fchown(out, uid, gid)
+                layerfs.chown(out, uid, gid)
                 os.fchmod(out, self.mode(stat.S_IFREG | HEREDOC_MODE))
             finally:
                 os.close(out)
@@ -1147,7 +1147,7 @@ class _Copier:
                 raise ImageError(f"{self.what(item)}: {_show(src.parts)} is a device node; a "
                                  f"layer holds none (a box gets a fresh /dev)")
             uid, gid = self.owner(st)
-            os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+            layerfs.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
             if not stat.S_ISLNK(st.st_mode):
                 os.chmod(name, self.mode(st.st_mode), dir_fd=fd)
                 for xname, value in layerfs._xattrs(src.path).items():

@@ -13,6 +13,7 @@ import subprocess
 from collections.abc import Iterable
 
 from ..errors import ImageError
+from ..kernel import userns
 
 BUSYBOX_FIX = ("install the statically linked busybox (Debian/Ubuntu: "
                "apt-get install busybox-static; Fedora: dnf install busybox; "
@@ -24,7 +25,7 @@ HOST_OS_DIRS = frozenset({"bin", "boot", "etc", "lib", "lib32", "lib64", "libx32
                           "sbin", "srv", "usr", "var", "proc", "sys", "dev"})
 # Fresh and empty in every host box, as CONTRACT.md promises.
 HOST_FRESH_DIRS = ("tmp", "run", "root", "home", "var/tmp")
-OPAQUE_XATTR = "trusted.overlay.opaque"
+OPAQUE_XATTR = userns.overlay_xattr("opaque")
 
 PASSWD = ("root:x:0:0:root:/root:/bin/sh\n"
           "daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"

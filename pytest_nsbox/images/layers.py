@@ -2,7 +2,10 @@
 
 On disk a layer is a directory in overlay form, used directly as an overlayfs lower layer:
 a deletion is a 0:0 character device (a *whiteout*), a directory that hides everything
-below it carries ``trusted.overlay.opaque=y``. In a tar (OCI image spec, ``layer.md``) a
+below it carries ``trusted.overlay.opaque=y`` (``user.overlay.opaque=y`` in a rootless
+owner's store, whose boxes mount with ``userxattr``: ``OPAQUE_XATTR``). A normal user may
+make the whiteouts as well: Linux 5.8 lets anyone ``mknod`` a 0:0 character device
+("vfs: allow unprivileged whiteout creation"), so the format is the same. In a tar (OCI image spec, ``layer.md``) a
 deletion is an empty file ``.wh.NAME`` and an opaque directory holds ``.wh..wh..opq``.
 
 ``write_tar`` makes the canonical tar of a layer directory: entries sorted by name, a
@@ -41,11 +44,13 @@ from dataclasses import dataclass
 from typing import IO
 
 from ..errors import ImageError
+from ..kernel import userns
 from ..overlay.view import is_opaque, is_whiteout
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
-OPAQUE_XATTR = "trusted.overlay.opaque"
+#: What marks an opaque directory in this process's layers (``kernel.userns.overlay_xattr``).
+OPAQUE_XATTR = userns.overlay_xattr("opaque")
 # Overlay bookkeeping a copy must not carry, and the two that would change what a layer
 # means if dropped (only written with redirect_dir=on / metacopy=on mounts).
 _OVERLAY_PREFIXES = ("trusted.overlay.", "user.overlay.")
@@ -54,6 +59,38 @@ PAX_XATTR = "SCHILY.xattr."
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 CHUNK = 1 << 20
+
+
+def chown(target: str | int, uid: int, gid: int, *, dir_fd: int | None = None,
+          follow_symlinks: bool = True) -> None:
+    """Give a layer's file the owner its tar (or its source) names: ``os.chown`` (an
+    int ``target`` is a descriptor: ``os.fchown``).
+
+    A rootless owner leaves every file its own, which its boxes see as root: it may not
+    give files to other IDs, and a file it gave to a subordinate ID (what the box would
+    show as that owner) it could no longer read, change or delete outside the boxes' user
+    namespace (podman runs all its storage inside that namespace, ``podman unshare``).
+    This is containers/storage's ``ignore_chown_errors`` (storage.conf(5): for "a single
+    UID/GID mapping", files are owned by the user "and a container's processes see them
+    owned by root"); the owners a pulled layer's tar names are kept in its blob, which
+    ``save`` and ``push`` send as it came."""
+    if userns.rootless():
+        return
+    if isinstance(target, int):
+        os.fchown(target, uid, gid)
+    else:
+        os.chown(target, uid, gid, dir_fd=dir_fd, follow_symlinks=follow_symlinks)
+
+
+def owner_ids(st: os.stat_result) -> tuple[int, int]:
+    """The owner a layer tar names for a file with stat ``st``: its uid and gid as the
+    boxes see them; for a rootless owner that is through its user namespace's maps (the
+    user is root, a subordinate ID the ID it stands for, any other ``65534``:
+    ``kernel.userns.IdMaps``), so a layer made rootless has the tar one made as root has."""
+    if not userns.rootless():
+        return st.st_uid, st.st_gid
+    maps = userns.current_maps()
+    return maps.uid_inside(st.st_uid), maps.gid_inside(st.st_gid)
 
 
 def keep_xattr(name: str) -> bool:
@@ -139,7 +176,7 @@ def _info(name: str, st: os.stat_result, kind: bytes) -> tarfile.TarInfo:
     info = tarfile.TarInfo(name)
     info.type = kind
     info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uid, info.gid = owner_ids(st)
     info.uname = info.gname = ""
     info.mtime = int(st.st_mtime)
     info.size = 0
@@ -453,7 +490,7 @@ class _Unpacker:
                     if src is not None:
                         while chunk := src.read(CHUNK):
                             _write_all(f, chunk)
-                    os.fchown(f, m.uid, m.gid)
+                    chown(f, m.uid, m.gid)
                     os.fchmod(f, m.mode & 0o7777)
                     self._set_xattrs(f, m)
                     os.utime(f, (m.mtime, m.mtime))
@@ -462,7 +499,7 @@ class _Unpacker:
             elif m.issym():
                 self._clear(fd, base)
                 os.symlink(m.linkname, base, dir_fd=fd)
-                os.chown(base, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
+                chown(base, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
                 os.utime(base, (m.mtime, m.mtime), dir_fd=fd, follow_symlinks=False)
             elif m.islnk():
                 link_parts = _clean_name(m.linkname, self.source,
@@ -493,7 +530,7 @@ class _Unpacker:
             elif m.isfifo():
                 self._clear(fd, base)
                 os.mkfifo(base, 0o600, dir_fd=fd)
-                os.chown(base, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
+                chown(base, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
                 os.chmod(base, m.mode & 0o7777, dir_fd=fd)
                 os.utime(base, (m.mtime, m.mtime), dir_fd=fd, follow_symlinks=False)
             elif m.ischr() and m.devmajor == 0 and m.devminor == 0:
@@ -520,7 +557,7 @@ class _Unpacker:
                 st = os.lstat(base, dir_fd=fd)
             except FileNotFoundError:
                 os.mknod(base, stat.S_IFCHR | 0o600, os.makedev(0, 0), dir_fd=fd)
-                os.chown(base, uid, gid, dir_fd=fd, follow_symlinks=False)
+                chown(base, uid, gid, dir_fd=fd, follow_symlinks=False)
                 os.utime(base, (mtime, mtime), dir_fd=fd, follow_symlinks=False)
                 return
             if stat.S_ISDIR(st.st_mode):
@@ -532,7 +569,7 @@ class _Unpacker:
             os.close(fd)
 
     def _dir_attrs(self, fd: int, m: tarfile.TarInfo, parts: list[str]) -> None:
-        os.fchown(fd, m.uid, m.gid)
+        chown(fd, m.uid, m.gid)
         os.fchmod(fd, m.mode & 0o7777)
         self._set_xattrs(fd, m)
         self.dir_times.append((parts, int(m.mtime)))
@@ -601,7 +638,7 @@ def _overlay_check(path: str) -> None:
 
 
 def _copy_meta(src: str, dst: str, st: os.stat_result, is_dir: bool) -> None:
-    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     if not stat.S_ISLNK(st.st_mode):
         os.chmod(dst, stat.S_IMODE(st.st_mode))
         for name, value in _xattrs(src).items():
@@ -623,7 +660,7 @@ def _copy_dir(src: str, dst: str, rel: str, skip: frozenset[str],
         st = entry.stat(follow_symlinks=False)
         if is_whiteout(st):
             os.mknod(d, stat.S_IFCHR | 0o600, os.makedev(0, 0))
-            os.chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
+            chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
             os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
             continue
         if stat.S_ISDIR(st.st_mode):

@@ -3,8 +3,9 @@ first layer is written.
 
 A layer directory is an overlayfs lower layer in overlay form (overlayfs.rst, "whiteouts and
 opaque directories"): a deletion is a 0:0 character device, a directory that hides the
-layers below carries the ``trusted.overlay.opaque`` xattr. Some filesystems hold neither:
-9p (WSL, VM shares), many FUSE filesystems, NFS, CIFS, ramfs. A store there fails deep in a
+layers below carries the ``trusted.overlay.opaque`` xattr (``user.overlay.opaque`` in a
+rootless owner's store; a normal user may make 0:0 devices too, since Linux 5.8). Some
+filesystems hold neither: 9p (WSL, VM shares), many FUSE filesystems, NFS, CIFS, ramfs. A store there fails deep in a
 build or an import with EPERM or EOPNOTSUPP; this probe says so first, naming the
 filesystem (from ``/proc/self/mountinfo``, which also names FUSE's subtype, e.g.
 ``fuse.sshfs``) and how to move the store: ini ``nsbox_store_dir`` or ``NSBOX_STORE``.
@@ -18,10 +19,11 @@ import secrets
 import stat
 
 from ..errors import ImageError
-from ..kernel import mountinfo
+from ..kernel import mountinfo, userns
 
-#: The xattr overlayfs reads for an opaque directory (the store's layers are made as root).
-OPAQUE_XATTR = "trusted.overlay.opaque"
+#: The xattr overlayfs reads for an opaque directory: ``trusted.`` for root's mounts,
+#: ``user.`` for a rootless owner's (``kernel.userns.overlay_xattr``).
+OPAQUE_XATTR = userns.overlay_xattr("opaque")
 MOUNTINFO = "/proc/self/mountinfo"
 
 _checked: set[tuple[str, int]] = set()  # (directory, st_dev) found fit in this process
@@ -55,7 +57,7 @@ def problem(path: str) -> str | None:
     """What the filesystem of directory ``path`` cannot do that a layer needs, or None.
 
     Makes (and removes) a private probe directory in ``path``: a 0:0 character device
-    (a whiteout) must come back as one, and a directory must keep ``trusted.overlay.opaque``.
+    (a whiteout) must come back as one, and a directory must keep ``OPAQUE_XATTR``.
     """
     probe = os.path.join(path, f".nsbox-fs-probe.{secrets.token_hex(4)}")
     os.mkdir(probe, 0o700)

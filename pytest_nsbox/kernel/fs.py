@@ -19,6 +19,11 @@ def remove_tree(path: str) -> None:
     host files, so every directory is entered by fd with ``openat2(RESOLVE_NO_XDEV)``, which
     refuses to cross any mount point (a bind of the same filesystem too, where ``st_dev``
     alone would not tell), and nothing below a mount point is touched.
+
+    A process that is not root first gives its own directories the owner's ``rwx`` where
+    they lack it (``rm -rf`` as a user stops at them): overlayfs leaves its ``work/work``
+    with mode 000, and a box may make directories read-only. Others' files still raise
+    ``PermissionError``.
     """
     try:
         top = os.lstat(path)
@@ -27,7 +32,7 @@ def remove_tree(path: str) -> None:
     if not stat.S_ISDIR(top.st_mode):
         os.unlink(path)
         return
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    fd = _open_dir(-100, path, os.O_NOFOLLOW)  # AT_FDCWD
     try:
         _clear(fd, top.st_dev)
     finally:
@@ -35,14 +40,51 @@ def remove_tree(path: str) -> None:
     os.rmdir(path)
 
 
+def _open_dir(dirfd: int, name: str, flags: int = 0, resolve: int | None = None) -> int:
+    """``name`` in ``dirfd`` opened as a directory to list and empty; one of this user's
+    own without ``rwx`` for its owner gets them first (see ``remove_tree``)."""
+    def opened(extra: int) -> int:
+        if resolve is None:
+            return os.open(name, extra | os.O_DIRECTORY | os.O_CLOEXEC | flags,
+                           dir_fd=None if dirfd == -100 else dirfd)
+        return libc.openat2(dirfd, name, extra | os.O_DIRECTORY | flags, resolve=resolve)
+
+    try:
+        fd = opened(os.O_RDONLY)
+    except PermissionError:
+        if os.geteuid() == 0:
+            raise
+        path_fd = opened(os.O_PATH)
+        try:
+            _own_rwx(path_fd, f"/proc/self/fd/{path_fd}")
+        finally:
+            os.close(path_fd)
+        fd = opened(os.O_RDONLY)
+    if os.geteuid() != 0:
+        _own_rwx(fd, None)
+    return fd
+
+
+def _own_rwx(fd: int, via: str | None) -> None:
+    """Add ``u+rwx`` to the directory open as ``fd`` when this user owns it and it lacks
+    them (``via``: a path to chmod instead, for an ``O_PATH`` descriptor)."""
+    st = os.fstat(fd)
+    if st.st_uid != os.geteuid() or st.st_mode & 0o700 == 0o700:
+        return
+    mode = stat.S_IMODE(st.st_mode) | 0o700
+    if via is None:
+        os.fchmod(fd, mode)
+    else:
+        os.chmod(via, mode)
+
+
 def _clear(dirfd: int, dev: int) -> None:
     for entry in os.scandir(dirfd):
         st = entry.stat(follow_symlinks=False)
         if stat.S_ISDIR(st.st_mode):
             try:
-                sub = libc.openat2(dirfd, entry.name,
-                                   os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW,
-                                   resolve=libc.RESOLVE_NO_XDEV | libc.RESOLVE_BENEATH)
+                sub = _open_dir(dirfd, entry.name, os.O_NOFOLLOW,
+                                resolve=libc.RESOLVE_NO_XDEV | libc.RESOLVE_BENEATH)
             except OSError as exc:
                 if exc.errno != errno.EXDEV:
                     raise

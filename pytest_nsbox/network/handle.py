@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from ..model.spec import BoxSpec
+    from .netns import Runner
 
 
 class BoxHandle(Protocol):
@@ -18,7 +19,9 @@ class BoxHandle(Protocol):
     ``owner_lock()`` the lock file its owner holds (``records``); ``group`` names the boxes
     that share one private network. ``on_close(undo)`` pushes ``undo`` on the box's undo
     stack (``lifecycle.Undo``): it runs at the box's close, before the box's init is
-    killed; ``set_ip`` records the box's address on its private network.
+    killed; ``set_ip`` records the box's address on its private network. ``netns_runner``
+    runs operations inside network namespaces for this box's owner (``netns.Runner``:
+    threads of its own as root, the agent in the boxes' user namespace when rootless).
     """
 
     @property
@@ -44,6 +47,9 @@ class BoxHandle(Protocol):
 
     @property
     def run_dir(self) -> str: ...
+
+    @property
+    def netns_runner(self) -> Runner: ...
 
     def owner_lock(self) -> str: ...
 

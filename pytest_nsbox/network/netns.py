@@ -10,6 +10,12 @@ does, minus its ``mount --make-shared /run/netns``: a thread ``unshare``s a new 
 and bind-mounts ``/proc/thread-self/ns/net`` onto ``/run/netns/<name>``, so ``ip netns``
 lists it while it lives and the host's mount table gets back exactly what it had once it is
 removed.
+
+Who runs an operation is a ``Runner``, given by the box (``BoxHandle.netns_runner``):
+``THREADS`` (the threads above) for an owner that is root; for a rootless owner, which may
+neither ``setns`` into its boxes' namespaces nor mount on ``/run/netns``, the agent in the
+boxes' user namespace (``runtime/agent.py``), whose switch namespaces are anonymous: held
+open by a descriptor (``Fd``), gone with it and with their last user.
 """
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from ..kernel import libc
 from .errors import NetworkError
@@ -30,6 +36,28 @@ T = TypeVar("T")
 NETNS_DIR = "/run/netns"
 #: Longest any one namespace operation (a few netlink requests) may take.
 OP_TIMEOUT = 30.0
+
+
+class Fd(int):
+    """A file descriptor that must travel as one: a ``Runner`` that runs an operation in
+    another process passes it as SCM_RIGHTS, and the operation gets its own descriptor
+    there (an ``Fd`` as well). In this process it is the plain int."""
+
+
+class Runner(Protocol):
+    """Runs network operations in a namespace (see the module docstring).
+
+    ``run_in(ns_fd, fn, what, timeout)``: ``fn()`` inside network namespace ``ns_fd`` (None:
+    a new one), its value or exception; ``NetworkError`` naming ``what`` when the namespace
+    cannot be entered or ``timeout`` seconds pass. ``fn`` is a module-level function of
+    this package (``functools.partial`` of one), its descriptors wrapped in ``Fd``.
+    ``named``: switch namespaces are bound at ``/run/netns/<name>`` (else anonymous).
+    """
+
+    named: bool
+
+    def run_in(self, ns_fd: int | None, fn: Callable[[], T], what: str,
+               timeout: float = OP_TIMEOUT) -> T: ...
 
 
 def run_in(ns_fd: int | None, fn: Callable[[], T], what: str,
@@ -63,6 +91,33 @@ def run_in(ns_fd: int | None, fn: Callable[[], T], what: str,
     if "error" in out:
         raise out["error"]  # type: ignore[misc]
     return out.get("value")  # type: ignore[return-value]
+
+
+class Threads:
+    """The ``Runner`` of an owner that is root: ``run_in`` in a fresh thread of its own."""
+
+    named = True
+
+    def run_in(self, ns_fd: int | None, fn: Callable[[], T], what: str,
+               timeout: float = OP_TIMEOUT) -> T:
+        return run_in(ns_fd, fn, what, timeout)
+
+
+THREADS = Threads()
+
+
+def current() -> Fd:
+    """A descriptor of the calling thread's network namespace (``Runner.run_in(None,
+    current, ...)`` makes an anonymous one and returns it)."""
+    return Fd(os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
+
+
+def create_switch(name: str, runner: Runner) -> int:
+    """A new switch namespace for ``runner``: named (``create_named``) or anonymous (a
+    descriptor, the caller's to close)."""
+    if runner.named:
+        return create_named(name)
+    return int(runner.run_in(None, current, f"creating network namespace {name}"))
 
 
 def named_path(name: str) -> str:
@@ -107,6 +162,8 @@ def remove_named(name: str) -> bool:
     """
     path = named_path(name)
     found = os.path.exists(path)
+    if not found:  # an anonymous switch's name (and umount2 needs root before it looks)
+        return False
     try:
         libc.umount2(path, libc.MNT_DETACH)
     except OSError as exc:

@@ -2,7 +2,8 @@
 
 One network, all of it outside the host's own namespace::
 
-    switch namespace /run/netns/nsbox-net-<hex>      (leased subnet 10.213.N.0/24)
+    switch namespace /run/netns/nsbox-net-<hex>      (leased subnet 10.213.N.0/24;
+                                                      anonymous when rootless)
       bridge nsb-br0, 10.213.N.1
         nsb<box id>  ==veth==  eth0, 10.213.N.k, in box k's namespace (default route via .1)
 
@@ -67,8 +68,9 @@ class Network:
     """
 
     def __init__(self, key: tuple[str, object], leases: Leases, lease: Lease,
-                 ns_fd: int, undo: Undo) -> None:
+                 ns_fd: int, undo: Undo, runner: netns.Runner) -> None:
         self.key = key
+        self.runner = runner
         self.leases = leases
         self.lease = lease
         self.ns_fd = ns_fd
@@ -95,19 +97,20 @@ class Network:
                                group="(default)" if box.group is None else str(box.group))
         undo = Undo(f"private network {name}", closed_error=NetworkError)
         undo.callback(_remove_switch, name, leases, lease)
+        runner = box.netns_runner
         try:
-            fd = netns.create_named(name)
+            fd = netns.create_switch(name, runner)
             undo.callback(os.close, fd)
-            netns.run_in(fd, partial(links.setup_switch, lease.address(GATEWAY_HOST),
-                                     lease.network.prefixlen),
-                         f"setting up switch namespace {name}")
+            runner.run_in(fd, partial(links.setup_switch, lease.address(GATEWAY_HOST),
+                                      lease.network.prefixlen),
+                          f"setting up switch namespace {name}")
         except BaseException as exc:
             try:
                 undo.close()
             except TeardownError as failed:  # the first error is the one to raise
                 exc.add_note(str(failed))
             raise
-        return cls((box.run_dir, box.group), leases, lease, fd, undo)
+        return cls((box.run_dir, box.group), leases, lease, fd, undo, runner)
 
     def join(self, box: BoxHandle) -> None:
         """Plug ``box`` in: veth, address, route, shaping; then every ``/etc/hosts``.
@@ -134,12 +137,13 @@ class Network:
         member.undo.callback(self._unplug, member)
         box_fd = netns.open_box_netns(box)
         try:
-            netns.run_in(self.ns_fd, partial(links.add_port, member.veth, box_fd,
-                                             switch_plan, box.name),
-                         f"box {box.name!r}: plugging into switch {self.name}")
-            netns.run_in(box_fd, partial(links.setup_box, ip, self.lease.network.prefixlen,
-                                         self.gateway, box_plan, box.name),
-                         f"box {box.name!r}: configuring {links.BOX_IFNAME}")
+            self.runner.run_in(self.ns_fd, partial(links.add_port, member.veth,
+                                                   netns.Fd(box_fd), switch_plan, box.name),
+                               f"box {box.name!r}: plugging into switch {self.name}")
+            self.runner.run_in(box_fd, partial(links.setup_box, ip,
+                                               self.lease.network.prefixlen, self.gateway,
+                                               box_plan, box.name),
+                               f"box {box.name!r}: configuring {links.BOX_IFNAME}")
         finally:
             os.close(box_fd)
         box.set_ip(ip)
@@ -162,9 +166,9 @@ class Network:
         # The last box's veth goes with the switch namespace (and deleting a veth costs
         # ~30 ms of netlink), so only a box that leaves others behind unplugs.
         if any(m is not member for m in self.members.values()):
-            netns.run_in(self.ns_fd, partial(links.remove_port, member.veth),
-                         f"box {member.box.name!r}: unplugging {member.veth} from switch "
-                         f"{self.name}")
+            self.runner.run_in(self.ns_fd, partial(links.remove_port, member.veth),
+                               f"box {member.box.name!r}: unplugging {member.veth} from "
+                               f"switch {self.name}")
 
     def _forget(self, member: Member) -> None:
         if self.members.pop(member.box.id, None) is not None and self.members:

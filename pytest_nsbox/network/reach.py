@@ -2,7 +2,8 @@
 
 All three work for every ``network`` mode, since they use the box's own namespace rather
 than an address the host can route to: ``connect`` makes its socket in a thread that has
-entered the box's network namespace (a socket keeps the namespace it was made in), so it
+entered the box's network namespace (a socket keeps the namespace it was made in; a
+rootless owner's agent makes it there and passes it back), so it
 reaches whatever listens on the box's loopback or its ``eth0``. ``wait_for_port`` looks for
 a listening socket in the box's ``/proc/<pid>/net/tcp{,6}``, so it never uses up a one-shot
 server such as ``nc -l``. ``forward`` listens on the host's 127.0.0.1 and relays each
@@ -14,6 +15,7 @@ import os
 import socket
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..kernel.io import readable
@@ -49,17 +51,21 @@ def check_timeout(timeout: object, source: str) -> float:
     return float(timeout)
 
 
-def _targets(box: BoxHandle) -> list[tuple[socket.AddressFamily, str]]:
-    targets = [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+def _targets(box: BoxHandle) -> list[tuple[int, str]]:
+    """``(address family, address)`` of the box to try, loopback first (plain ints: they
+    travel to a rootless owner's agent)."""
+    targets = [(int(socket.AF_INET), "127.0.0.1"), (int(socket.AF_INET6), "::1")]
     if box.ip:
-        targets.append((socket.AF_INET, box.ip))
+        targets.append((int(socket.AF_INET), box.ip))
     return targets
 
 
-def _attempt(box: BoxHandle, port: int, limit: float) -> tuple[socket.socket | None, OSError | None]:
-    """One connect to each of the box's addresses; the first socket that connects."""
+def _attempt(targets: list[tuple[int, str]], port: int,
+             limit: float) -> tuple[socket.socket | None, OSError | None]:
+    """One connect to each of ``targets``; the first socket that connects, else the last
+    error. Runs inside the box's network namespace (a ``netns.Runner`` puts it there)."""
     last: OSError | None = None
-    for family, host in _targets(box):
+    for family, host in targets:
         try:
             sock = socket.socket(family, socket.SOCK_STREAM)
         except OSError as exc:  # no IPv6 in this kernel
@@ -87,18 +93,22 @@ def connect(box: BoxHandle, port: int, timeout: float | None = None) -> socket.s
     """A TCP socket connected to ``port`` in the box's network namespace.
 
     Without ``timeout``: one try, ``PortRefused`` if nothing listens. With one: retried
-    (backing off) until it connects or ``timeout`` seconds pass (``PortTimeout``).
+    (backing off) until it connects or ``timeout`` seconds pass (``PortTimeout``). Each
+    try runs in the box's namespace through ``box.netns_runner``; the waits between them
+    run here.
     """
     port = check_port(port, "connect")
     limit = None if timeout is None else check_timeout(timeout, "connect")
     deadline = None if limit is None else time.monotonic() + limit
     ns_fd = netns.open_box_netns(box)
-
-    def loop() -> socket.socket:
+    try:
         delay = BACKOFF_START
         while True:
             left = ATTEMPT_TIMEOUT if deadline is None else deadline - time.monotonic()
-            sock, last = _attempt(box, port, min(left, ATTEMPT_TIMEOUT))
+            sock, last = box.netns_runner.run_in(
+                ns_fd, partial(_attempt, _targets(box), port, min(left, ATTEMPT_TIMEOUT)),
+                f"box {box.name!r}: connecting to port {port}",
+                timeout=ATTEMPT_TIMEOUT + netns.OP_TIMEOUT)
             if sock is not None:
                 return sock
             if deadline is None:
@@ -112,10 +122,6 @@ def connect(box: BoxHandle, port: int, timeout: float | None = None) -> socket.s
                 raise BoxClosed(f"box {box.name!r} closed while connecting to port {port}")
             time.sleep(min(delay, left))
             delay = min(delay * 2, BACKOFF_MAX)
-
-    try:
-        return netns.run_in(ns_fd, loop, f"box {box.name!r}: connecting to port {port}",
-                            timeout=(limit or 0.0) + ATTEMPT_TIMEOUT + netns.OP_TIMEOUT)
     finally:
         os.close(ns_fd)
 

@@ -22,6 +22,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import Any
 
 from ..kernel.io import readable
@@ -30,18 +31,21 @@ from ..errors import BoxClosed, BoxError, CommandFailed, SpecError, TeardownErro
 from ..lifecycle import Undo
 from ..model.image import Image
 from ..overlay import diff as overlay_diff
-from .plan import BoxDirs, build_plan, host_binds, hosts_file, write_init_layer
+from .plan import (HOST_ROOT, BoxDirs, build_plan, host_binds, hosts_file, split_host_root,
+                   write_host_top, write_init_layer)
 from ..model.defaults import DEFAULT_PATH
 from ..model.spec import BoxSpec, check_cpus_available
 from ..kernel.proc import available_cpus
 from .. import records
-from ..kernel.fs import remove_tree
-from ..kernel import caps, libc
+from ..kernel import caps, libc, userns
+from ..network import netns
 from . import protocol
 from ..model import users
 from .client import zygote
 from .engine import Engine, check_host, default_engine
+from .owner import as_owner, netns_runner, remove_tree_as_owner
 from .process import Process
+from .uncontained import Uncontained
 from ..model.results import Change, RunResult
 
 START_TIMEOUT = 30.0
@@ -148,6 +152,7 @@ class Box:
 
     def _start(self) -> None:
         engine = self._engine
+        engine.dirs.ensure_run()
         os.makedirs(engine.dirs.boxes, 0o700, exist_ok=True)
         os.mkdir(self.dirs.base, 0o700)
         self._undo.callback(self._release_dirs)
@@ -157,14 +162,19 @@ class Box:
                  + list(self.spec.binds))
         write_init_layer(self.dirs, self.hostname, hosts_file(self.hostname), binds)
         limits = Limits(memory=self.spec.memory, cpus=self.spec.cpus, pids=self.spec.pids)
-        self._cgroup = engine.cgroups.create(f"nsbox-{self.id}", limits)
+        self._cgroup = engine.box_cgroup(f"nsbox-{self.id}", limits)
         self._undo.callback(self._cgroup.destroy, timeout=KILL_TIMEOUT)
         spec = self.spec
         keep = None if spec.privileged else caps.resolve(spec.cap_add, spec.cap_drop, False)
+        rootless = userns.rootless()
+        host_root = None
+        if rootless and HOST_ROOT in self.image.layer_dirs:
+            host_root = split_host_root([*self.image.layer_dirs, self.dirs.init])
+            write_host_top(self.dirs, host_root)
         plan = build_plan(box_id=self.id, hostname=self.hostname, image=self.image,
                           dirs=self.dirs, binds=binds, cgroup_procs=self._cgroup.procs_files(),
                           network=spec.network, privileged=spec.privileged, caps=keep,
-                          seccomp=spec.seccomp)
+                          seccomp=spec.seccomp, rootless=rootless, host_root=host_root)
         ours, theirs = protocol.socketpair()
         self._ctl = ours
         self._undo.callback(ours.close)
@@ -175,6 +185,8 @@ class Box:
             self.pid, self._pidfd = zygote().create(plan, theirs)
         finally:
             theirs.close()
+        if isinstance(self._cgroup, Uncontained):
+            self._cgroup.track(self.pid)
         self._undo.callback(self._kill_init)
         self._undo.callback(self._read_final_stats)  # before the kill: what it used
         if not readable([ours.fileno()], START_TIMEOUT):
@@ -235,7 +247,7 @@ class Box:
             if self._keep:
                 self.kept_at = self._keep_layers()
             else:
-                remove_tree(self.dirs.base)
+                remove_tree_as_owner(self.dirs.base)
         except OSError as exc:
             raise BoxError(f"cannot remove {self.dirs.base}: {exc}") from exc
 
@@ -280,7 +292,7 @@ class Box:
         engine = self._engine
         dest = os.path.join(engine.dirs.kept, records.dir_name(self.label, self.id))
         os.makedirs(engine.dirs.kept, 0o700, exist_ok=True)
-        remove_tree(self.dirs.work)
+        remove_tree_as_owner(self.dirs.work)
         os.rename(self.dirs.base, dest)
         return os.path.join(dest, "upper")
 
@@ -514,7 +526,11 @@ class Box:
         if not os.path.isdir(self.dirs.upper):
             raise BoxClosed(f"box {self.name!r} is closed; its read-write layer is gone")
         # The init layer is part of what the box started from, not a change it made.
-        return overlay_diff.changes(self.dirs.upper, [*self.image.layer_dirs, self.dirs.init])
+        # Rootless, what the box's non-root users made may be readable by its user
+        # namespace only: the agent reads it then (owner.as_owner).
+        return as_owner(partial(overlay_diff.changes, self.dirs.upper,
+                                [*self.image.layer_dirs, self.dirs.init]),
+                        f"box {self.name!r}: reading its read-write layer")
 
     def commit(self, tag: str | None = None) -> Image:
         """A new image whose top layer is this box's read-write layer (deletions kept as
@@ -605,6 +621,10 @@ class _NetworkHandle:
     @property
     def run_dir(self) -> str:
         return self._box._engine.dirs.run
+
+    @property
+    def netns_runner(self) -> netns.Runner:
+        return netns_runner()
 
     def owner_lock(self) -> str:
         return self._box._engine.owner_lock()

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     import subprocess
     from typing import TypedDict
 
+    from .agent import Agent
     from .protocol import BoxPlan
 
     class _Registry(TypedDict):
@@ -46,24 +47,30 @@ REGISTRY_ATTR = "_pytest_nsbox_zygotes"
 
 
 class ZygoteClient:
-    """One zygote process and the lock that serializes requests to it."""
+    """One zygote process and the lock that serializes requests to it; for a rootless
+    owner also the agent in the boxes' user namespace (``agent``, else None)."""
 
     def __init__(self) -> None:
+        from ..kernel import userns
         from .plan import PACKAGE_PARENT
         from . import protocol
 
         self.lock = threading.Lock()
         self.owner = os.getpid()
         self.closed = False
+        self.agent: Agent | None = None
         ours, theirs = protocol.socketpair()
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (PACKAGE_PARENT, env.get("PYTHONPATH")) if p)
         try:
-            # argv[0] is what `ps` in a box shows for its PID 1 (a fork of the zygote).
-            self.proc = _spawn_namespace_init(
-                ["nsbox-init", "-s", "-m", "pytest_nsbox.runtime.zygote", str(theirs.fileno())],
-                env=env, pass_fds=(theirs.fileno(),))
+            if userns.rootless():
+                self.proc, self.agent = _spawn_rootless(theirs, env)
+            else:
+                # argv[0] is what `ps` in a box shows for its PID 1 (a fork of the zygote).
+                self.proc = _spawn_namespace_init(
+                    ["nsbox-init", "-s", "-m", "pytest_nsbox.runtime.zygote",
+                     str(theirs.fileno())], env=env, pass_fds=(theirs.fileno(),))
         except BaseException:
             ours.close()
             raise
@@ -101,13 +108,18 @@ class ZygoteClient:
     def close(self, timeout: float = CLOSE_TIMEOUT) -> None:
         """End the zygote and wait for it (bounded): EOF on its control socket makes it
         kill and reap its spare and every box; after ``timeout`` seconds it is SIGKILLed,
-        which as its namespace's init takes the same processes with it. Idempotent."""
+        which as its namespace's init takes the same processes with it. Idempotent.
+        Rootless, the process waited for is the user namespace's first one
+        (``rootless.py``), which ends with the zygote; killed, it takes the zygote along
+        (``PR_SET_PDEATHSIG``)."""
         import subprocess
 
         if self.closed:
             return
         self.closed = True
         self.sock.close()
+        if self.agent is not None:
+            self.agent.sock.close()
         try:
             self.proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -120,10 +132,87 @@ class ZygoteClient:
         when its owner goes)."""
         self.closed = True
         self.sock.close()
+        if self.agent is not None:
+            self.agent.sock.close()
 
     @property
     def alive(self) -> bool:
         return not self.closed and self.proc.poll() is None
+
+
+def _spawn_rootless(ctl: socket.socket, env: dict[str, str]
+                    ) -> tuple[subprocess.Popen[bytes], Agent]:
+    """Start the zygote in a user namespace of its own (``rootless.py``): spawn that
+    namespace's first process, map its IDs from here (``kernel.userns.apply_maps``: this
+    process owns the namespace), and wait until the zygote runs. Returns the process to
+    wait for and the ``Agent`` it serves.
+
+    Raises ``HostNotSupported`` with the fix-it line when the namespace cannot be made or
+    mapped (``kernel.userns.diagnose``), ``BoxError`` when the process dies or does not
+    answer within ``REPLY_TIMEOUT`` seconds.
+    """
+    import subprocess
+
+    from ..errors import BoxError, HostNotSupported
+    from ..kernel import userns
+    from ..kernel.io import readable
+    from . import protocol
+    from .agent import Agent
+    from .rootless import hear, tell
+
+    ours, theirs = protocol.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-s", "-m", "pytest_nsbox.runtime.rootless", str(ctl.fileno()),
+             str(theirs.fileno())], env=env, pass_fds=(ctl.fileno(), theirs.fileno()),
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            close_fds=True)
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+
+    def answer(stage: str) -> dict[str, object]:
+        if not readable([ours.fileno()], REPLY_TIMEOUT):
+            raise BoxError(f"the nsbox user namespace process (pid {proc.pid}) did not "
+                           f"answer within {REPLY_TIMEOUT:.0f} s ({stage})")
+        msg = hear(ours)
+        if msg is None:
+            raise BoxError(f"the nsbox user namespace process (pid {proc.pid}) died "
+                           f"({stage}); exit status {proc.poll()}")
+        if "failed" in msg:
+            code = int(str(msg.get("errno") or 0))
+            raise HostNotSupported(userns.diagnose(str(msg["failed"]),
+                                                   OSError(code, os.strerror(code))))
+        return msg
+
+    try:
+        pid = int(str(answer("making the user namespace")["unshared"]))
+        try:
+            userns.apply_maps(pid, userns.current_maps())
+        except userns.UsernsError as exc:
+            raise HostNotSupported(exc.strerror or str(exc)) from None
+        tell(ours, {"mapped": True})
+        if "ready" not in answer("starting the zygote"):
+            raise BoxError(f"the nsbox user namespace process (pid {proc.pid}) answered "
+                           f"out of turn")
+    except BaseException:
+        ours.close()
+        proc.kill()
+        proc.wait()
+        raise
+    return proc, Agent(ours, proc.pid)
+
+
+def agent() -> Agent | None:
+    """The agent of this process's zygote (started if need be) when boxes are rootless;
+    None for an owner that is root."""
+    from ..kernel import userns
+
+    if not userns.rootless():
+        return None
+    return zygote().agent
 
 
 def _spawn_namespace_init(argv: list[str], env: dict[str, str],

@@ -9,6 +9,7 @@ out too, as ``docker commit`` does.
 from __future__ import annotations
 
 import os
+from functools import partial
 from typing import Any
 
 from ..errors import ImageError
@@ -16,6 +17,15 @@ from ..model.defaults import INIT_LAYER_RELPATHS
 from ..images import layers as layerfs
 from ..model.image import Image
 from ..images.content import base_history, own_layers
+from .owner import as_owner
+
+
+def _empty(path: str) -> None:
+    """Make ``path`` an empty directory again (a copy that stopped half-way)."""
+    from ..kernel.fs import remove_tree
+
+    remove_tree(path)
+    os.mkdir(path, 0o755)
 
 
 def commit_box(box: Any, tag: str | None = None) -> Image:
@@ -31,7 +41,11 @@ def commit_box(box: Any, tag: str | None = None) -> Image:
     with store.using():
         tmp = store.new_tmp("commit")
         try:
-            layerfs.copy_tree(upper, tmp, skip=INIT_LAYER_RELPATHS)
+            # Rootless, files a box's non-root users made may be readable by its user
+            # namespace only: the agent copies them then (owner.as_owner).
+            as_owner(partial(layerfs.copy_tree, upper, tmp, skip=INIT_LAYER_RELPATHS),
+                     f"box {box.name!r}: copying its read-write layer",
+                     before_agent=partial(_empty, tmp))
         except BaseException:
             from ..kernel.fs import remove_tree
 

@@ -10,17 +10,39 @@ Also the one place that decides whether this host can run boxes at all; its answ
 from __future__ import annotations
 
 import atexit
+import errno
 import fcntl
 import os
 import secrets
 import sys
 import threading
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from ..errors import HostNotSupported
+from ..cgroups.base import Limits
+from ..errors import CgroupError, HostNotSupported, LimitUnavailable, LimitsNotApplied
 from ..images.build import ImageBuilder, default_builder
 from ..images.store import ImageStore
+from ..kernel import userns
 from ..state import StateDirs
+from .uncontained import Uncontained
+
+#: cgroup v1 delegates nothing to a normal user by itself; root may hand over a subtree
+#: (runc docs/cgroup-v2.md, "Rootless": on v2 systemd's delegation does it).
+FIX_ROOTLESS_V1 = (
+    "this host has cgroup v1, where a normal user gets no cgroup of its own: boot with "
+    "cgroup v2 (kernel command line systemd.unified_cgroup_hierarchy=1) and run pytest "
+    "under `systemd-run --user --scope -p Delegate=yes pytest ...`, or have root hand "
+    "over a cgroup in each hierarchy nsbox uses (`for h in {hierarchies}; do mkdir "
+    "$h/{parent} && chown -R {user} $h/{parent}; done`) and set ini nsbox_cgroup_parent = "
+    "{parent}")
+FIX_ROOTLESS_V2 = (
+    "no cgroup is delegated to {user}: run pytest in one, `systemd-run --user --scope -p "
+    "Delegate=yes pytest ...` (for the cpu controller too, a drop-in "
+    "/etc/systemd/system/user@.service.d/delegate.conf holding `[Service]` and "
+    "`Delegate=cpu cpuset io memory pids`, as runc's docs/cgroup-v2.md says), or set ini "
+    "nsbox_cgroup_parent to a cgroup root made yours (chown -R)")
 
 
 def _has_overlay() -> bool:
@@ -37,16 +59,22 @@ _host_ok = 0  # the pid that found this host fit; the answer does not change whi
 
 
 def check_host() -> None:
-    """Raise HostNotSupported with a fix-it line when boxes cannot run here."""
+    """Raise HostNotSupported with a fix-it line when boxes cannot run here.
+
+    A normal user (``kernel.userns.rootless()``) runs boxes in a user namespace of its
+    own; a sysctl that forbids one is reported here (``kernel.userns.host_block``), what
+    only trying tells (Ubuntu's AppArmor restriction) when the first box starts.
+    """
     global _host_ok
     if _host_ok == os.getpid():
         return
     if not sys.platform.startswith("linux"):
         raise HostNotSupported(f"nsbox needs Linux (namespaces, cgroups, overlayfs); "
                                f"this is {sys.platform}")
-    if os.geteuid() != 0:
-        raise HostNotSupported("nsbox needs root (rootless boxes are not supported yet); "
-                               "run pytest as root, e.g. in CI with sudo")
+    if userns.rootless():
+        block = userns.host_block()
+        if block is not None:
+            raise HostNotSupported(f"rootless boxes: {block}")
     if not _has_overlay():
         raise HostNotSupported("nsbox needs overlayfs, which this kernel lacks; "
                                "load it with `modprobe overlay`")
@@ -60,15 +88,19 @@ def check_host() -> None:
 class Engine:
     """Lazily built, per-process shared runtime objects: the image store over ``dirs``
     (built with ``builder``; None: a store that cannot build Containerfiles), the cgroup
-    backend under ``cgroup_parent``, the owner lock. ``rootdir`` is the pytest rootdir
-    that boxes of images based on ``host`` see."""
+    backend under ``cgroup_parent`` (rootless without one: the delegated cgroup it runs in,
+    ``delegated_parent``), the owner lock. ``rootdir`` is the pytest rootdir that boxes of
+    images based on ``host`` see; ``unavailable_limits`` what a box gets whose limits this
+    host cannot apply (``box_cgroup``)."""
 
     dirs: StateDirs
     cgroup_parent: str | None = None
     rootdir: str | None = None
     builder: ImageBuilder | None = field(default_factory=default_builder, repr=False)
+    unavailable_limits: str = LimitUnavailable.POLICIES[0]
     _store: ImageStore | None = field(default=None, repr=False)
     _cgroups: object | None = field(default=None, repr=False)
+    _no_cgroup: str | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _owner_fd: int = field(default=-1, repr=False)
     _owner_path: str = field(default="", repr=False)
@@ -131,8 +163,96 @@ class Engine:
 
         with self._lock:
             if self._cgroups is None:
-                self._cgroups = detect(parent=self.cgroup_parent)
+                parent = self.cgroup_parent
+                if parent is None and userns.rootless():
+                    parent = delegated_parent()
+                self._cgroups = detect(parent=parent)
             return self._cgroups
+
+    def box_cgroup(self, name: str, limits: Limits) -> Any:
+        """The cgroup of a new box ``name`` with ``limits``: a ``cgroups.Cgroup``, or an
+        ``Uncontained`` stand-in where a rootless owner has no cgroup to make it in and
+        the box asks for no limit.
+
+        A limit this host cannot apply (a controller that is missing; rootless, no
+        delegated cgroup) follows ``unavailable_limits``: ``fail`` and ``skip`` raise
+        ``LimitUnavailable`` (the plugin fails or skips the test), ``warn`` warns
+        (``LimitsNotApplied``) and starts the box without it. Other cgroup errors raise
+        ``CgroupError`` as ever; a host without any cgroup filesystem ``HostNotSupported``
+        (rootless: an ``Uncontained`` box, or a limit unavailable).
+        """
+        rootless = userns.rootless()
+        try:
+            backend = self.cgroups
+        except HostNotSupported as exc:
+            if not rootless:
+                raise
+            self._no_cgroup = str(exc)
+            backend = None
+        if backend is not None:
+            for limit in limits.requested():
+                if limit not in backend.available_limits():
+                    limits = self._unavailable(limits, [limit], backend.missing_controller(limit))
+        if backend is not None and self._no_cgroup is None:
+            try:
+                return backend.create(name, limits)
+            except CgroupError as exc:
+                cause = exc.__cause__
+                if not (rootless and isinstance(cause, OSError)
+                        and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS)):
+                    raise
+                where = f" {cause.filename}" if cause.filename else ""
+                self._no_cgroup = (f"this user may not make a cgroup{where} "
+                                   f"({cause.strerror}); {self._rootless_fix(backend)}")
+        reason = self._no_cgroup or "no cgroup"
+        if limits.requested():
+            limits = self._unavailable(limits, limits.requested(), reason)
+        return Uncontained(name, reason)
+
+    def _unavailable(self, limits: Limits, names: list[str], reason: str) -> Limits:
+        """``limits`` without ``names`` after a warning, or ``LimitUnavailable``."""
+        keys = ", ".join(f"{n} ({getattr(limits, n)}{' bytes' if n == 'memory' else ''})"
+                         for n in names)
+        message = (f"cannot limit {keys} here: {reason} (ini nsbox_unavailable_limits = "
+                   f"skip or warn runs such tests anyway; `{userns.DOCTOR}` shows what "
+                   f"this host lacks)")
+        if self.unavailable_limits != "warn":
+            raise LimitUnavailable(message, policy=self.unavailable_limits)
+        warnings.warn(LimitsNotApplied(f"nsbox: the box runs without them: {message}"),
+                      stacklevel=4)
+        return replace(limits, **{n: None for n in names})
+
+    @staticmethod
+    def _rootless_fix(backend: Any) -> str:
+        """How a normal user gets a cgroup from ``backend``'s hierarchies."""
+        user = userns.user_name(os.geteuid())
+        if getattr(backend, "version", 2) == 1:
+            hierarchies = " ".join(sorted(getattr(backend, "used", {}))) or "/sys/fs/cgroup/*"
+            return FIX_ROOTLESS_V1.format(user=user, hierarchies=hierarchies,
+                                          parent=f"nsbox-{user}")
+        return FIX_ROOTLESS_V2.format(user=user)
+
+
+def delegated_parent(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
+    """Where a rootless owner's box cgroups go without ``nsbox_cgroup_parent``: on cgroup
+    v2, the cgroup this process runs in when it is the user's to write (a systemd scope or
+    service with ``Delegate=yes`` hands the user its directory, as ``systemd-run --user
+    --scope -p Delegate=yes`` makes one), relative to the hierarchy root; None otherwise
+    (the backend's own place, which a normal user cannot write: ``box_cgroup`` then says
+    how to get one)."""
+    try:
+        with open(proc_cgroup, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    own = next((line[3:] for line in lines if line.startswith("0::")), None)
+    if not own or own == "/" or not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+        return None  # pure cgroup v2 only: a hybrid host's v2 mount holds no controllers
+    path = os.path.join("/sys/fs/cgroup", own.lstrip("/"))
+    if all(os.access(os.path.join(path, f), os.W_OK)
+           for f in ("", "cgroup.procs", "cgroup.subtree_control")):
+        return own.strip("/")
+    return None
 
 
 _default: Engine | None = None

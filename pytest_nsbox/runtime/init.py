@@ -48,22 +48,28 @@ _IFF_UP = 0x1
 # Made ahead of the request by a spare (see ``prepare``): every namespace but the cgroup
 # namespace, which must be made after joining the box's cgroup to be rooted there.
 PREPARED = ("mnt", "uts", "ipc", "net")
+# In a user namespace (rootless) the network namespace waits for the plan: a box with
+# network="host" could not go back to the host's, which that user namespace does not own.
+PREPARED_ROOTLESS = ("mnt", "uts", "ipc")
 
 
-def prepare(host_netns: int) -> None:
-    """Ahead-of-time work of a spare box process, done before it knows its plan."""
+def prepare(host_netns: int, namespaces: tuple[str, ...] = PREPARED) -> None:
+    """Ahead-of-time work of a spare box process, done before it knows its plan: the
+    ``namespaces`` (``PREPARED``, or ``PREPARED_ROOTLESS``) made."""
     libc.prctl(libc.PR_SET_PDEATHSIG, signal.SIGKILL)
     flags = 0
-    for name in PREPARED:
+    for name in namespaces:
         flags |= _NS_FLAGS[name]
     libc.unshare(flags)
     # Private before the first mount: nothing we mount may propagate to the host.
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
-    global _HOST_NETNS
+    global _HOST_NETNS, _PREPARED_NET
     _HOST_NETNS = host_netns
+    _PREPARED_NET = "net" in namespaces
 
 
 _HOST_NETNS = -1
+_PREPARED_NET = True
 
 
 def boot(plan: BoxPlan, ctl_fd: int) -> NoReturn:
@@ -100,8 +106,10 @@ def _setup(plan: BoxPlan, marks: list[tuple[str, float]]) -> None:
     marks.append(("cgroup joined", time.monotonic()))
     if "cgroup" in plan.namespaces:
         libc.unshare(libc.CLONE_NEWCGROUP)
-    if "net" not in plan.namespaces:
+    if "net" not in plan.namespaces and _PREPARED_NET:
         libc.setns(_HOST_NETNS, libc.CLONE_NEWNET)  # network="host"
+    elif "net" in plan.namespaces and not _PREPARED_NET:
+        libc.unshare(libc.CLONE_NEWNET)
     os.close(_HOST_NETNS)
     marks.append(("namespaces", time.monotonic()))
     root = plan.root
@@ -236,15 +244,20 @@ def _op_bind(rootfd: int, op: MountOp) -> None:
     if fd is None:
         return
     try:
-        src = os.open(str(op.source), os.O_PATH | os.O_CLOEXEC)
-        try:
-            libc.mount(_fdpath(src), _fdpath(fd), None, libc.MS_BIND | libc.MS_REC)
-        finally:
-            os.close(src)
+        _bind_host(str(op.source), fd, libc.MS_BIND | libc.MS_REC)
     finally:
         os.close(fd)
     if op.flags & libc.MS_RDONLY:
         _remount(rootfd, op.dest, libc.MS_RDONLY)
+
+
+def _bind_host(source: str, dest: int, flags: int) -> None:
+    """Bind host path ``source`` onto the box path open as ``dest`` (``MS_BIND`` flags)."""
+    src = os.open(source, os.O_PATH | os.O_CLOEXEC)
+    try:
+        libc.mount(_fdpath(src), _fdpath(dest), None, flags)
+    finally:
+        os.close(src)
 
 
 def _op_remount(rootfd: int, op: MountOp) -> None:
@@ -282,6 +295,23 @@ def _op_mknod(rootfd: int, op: MountOp) -> None:
         os.chmod(f"{_fdpath(dfd)}/{name}", op.mode & 0o7777)
     finally:
         os.close(dfd)
+
+
+def _op_device(rootfd: int, op: MountOp) -> None:
+    """The host's device node ``op.source`` bound onto a new empty file at ``op.dest``
+    (bubblewrap ``SETUP_MOUNT_DEV``: ``create_file`` then a bind mount)."""
+    parent, name = _split(op.dest)
+    dfd = _open_in_root(rootfd, parent, os.O_PATH | os.O_DIRECTORY)
+    try:
+        os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o444, dir_fd=dfd))
+        node = _open_in_root(rootfd, op.dest)
+    finally:
+        os.close(dfd)
+    try:
+        _bind_host(str(op.source), node, libc.MS_BIND)
+    finally:
+        os.close(node)
 
 
 def _op_symlink(rootfd: int, op: MountOp) -> None:
@@ -338,6 +368,7 @@ _OPS: dict[str, Callable[[int, MountOp], None]] = {
     protocol.BIND: _op_bind,
     protocol.REMOUNT: _op_remount,
     protocol.MKNOD: _op_mknod,
+    protocol.DEVICE: _op_device,
     protocol.SYMLINK: _op_symlink,
     protocol.MKDIR: _op_mkdir,
     protocol.MASK: _op_mask,

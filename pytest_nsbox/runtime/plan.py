@@ -7,13 +7,14 @@ the init dumb and the layout testable without a kernel.
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 
 from ..model.image import Image
 from ..model.spec import Bind
 from ..kernel import libc
-from .protocol import (BIND, MASK, MKDIR, MKNOD, MOUNT, READONLY, REMOUNT, SYMLINK, BoxPlan,
-                       Confinement, MountOp)
+from .protocol import (BIND, DEVICE, MASK, MKDIR, MKNOD, MOUNT, READONLY, REMOUNT, SYMLINK,
+                       BoxPlan, Confinement, MountOp)
 
 _NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 
@@ -57,13 +58,132 @@ class BoxDirs:
     def root(self) -> str:
         return os.path.join(self.base, "root")
 
+    @property
+    def host_top(self) -> str:
+        """Rootless ``host`` boxes: the top level of the host's ``/`` (``split_host_root``)."""
+        return os.path.join(self.base, "hosttop")
 
-def overlay_options(lower_bottom_first: list[str], upper: str, work: str) -> str:
+    def host_work(self, name: str) -> str:
+        """The work directory of the overlay a rootless ``host`` box mounts on ``/<name>``."""
+        return os.path.join(self.base, f"work-{name}")
+
+
+#: The host's root as an image's bottom layer (images of ``host``).
+HOST_ROOT = "/"
+#: Host directories that are mount points in every box, never overlays.
+_MOUNTED_IN_BOX = frozenset({"proc", "sys", "dev"})
+
+
+@dataclass(frozen=True)
+class HostRoot:
+    """How a rootless box shows the host's ``/`` (``split_host_root``): ``overlays``, the
+    host directories mounted as overlays of their own, each ``(name, lower layers bottom
+    first)``; ``binds``, the ones bound read-only instead (mounts below them)."""
+
+    overlays: tuple[tuple[str, tuple[str, ...]], ...]
+    binds: tuple[str, ...]
+
+
+def split_host_root(layers: list[str], mounts: list[str] | None = None,
+                    root: str = HOST_ROOT) -> HostRoot:
+    """What replaces the host's ``/`` in a rootless box's overlay, whose layers
+    (bottom first, ``/`` the bottom one) are ``layers``.
+
+    overlayfs clones each lower layer as a private mount, and in a user namespace it may
+    not clone one with mounts below it: they are locked there (mount_namespaces(7), "the
+    mounts ... are locked"; kernel ``clone_private_mount``: ``has_locked_children``, which
+    the kernel logs as "overlayfs: failed to clone lowerpath"). The host's ``/`` always has
+    some (``/proc``, ``/dev``, ...). So a rootless box's bottom layer is instead
+    ``BoxDirs.host_top`` (``write_host_top``: the top level of ``/``), and each host OS
+    directory (``builtin.HOST_OS_DIRS`` less ``/proc``, ``/sys``, ``/dev``) on the root
+    filesystem gets an overlay of its own at ``/<name>``: its lower layers are the host's
+    ``/<name>`` and each layer's ``<name>`` above it (a layer where ``<name>`` is opaque,
+    a file or a whiteout hides what is below, as overlayfs would), its upper directory the
+    box's ``upper/<name>``, so ``diff`` and ``commit`` read the same read-write layer as
+    ever. A directory that has mounts below it (``mounts``: mount points, from
+    mountinfo) is bound read-only instead, as bubblewrap's ``--ro-bind`` would.
+    """
+    from ..images import builtin
+    from ..overlay.view import is_opaque
+
+    if mounts is None:
+        from ..kernel import mountinfo
+
+        mounts = [m.point for m in mountinfo.read()]
+    above = [layer for layer in layers if layer != root]
+    overlays: list[tuple[str, tuple[str, ...]]] = []
+    binds: list[str] = []
+    with os.scandir(root) as entries:
+        names = sorted(e.name for e in entries if e.is_dir(follow_symlinks=False)
+                       and e.name in builtin.HOST_OS_DIRS and e.name not in _MOUNTED_IN_BOX)
+    for name in names:
+        host = os.path.join(root, name)
+        if any(point.startswith(host.rstrip("/") + "/") for point in mounts):
+            binds.append(name)
+            continue
+        lowers: list[str] = [host]
+        for layer in above:
+            path = os.path.join(layer, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                lowers = [path] if is_opaque(path) else [*lowers, path]
+            else:  # a file, a link or a whiteout replaces the host's directory here
+                lowers = []
+        if lowers and lowers[0] == host:
+            overlays.append((name, tuple(lowers)))
+    return HostRoot(tuple(overlays), tuple(binds))
+
+
+def write_host_top(dirs: BoxDirs, host: HostRoot, root: str = HOST_ROOT) -> None:
+    """``BoxDirs.host_top``: the host's top-level symlinks (``/bin -> usr/bin``) and an
+    empty directory for each of its directories (what shows there comes from the mask
+    layer, an overlay or a bind: ``split_host_root``); and the upper directory of each
+    overlay, with the host directory's mode."""
+    top = dirs.host_top
+    os.mkdir(top, 0o755)
+    with os.scandir(root) as entries:
+        for entry in entries:
+            if entry.is_symlink():
+                os.symlink(os.readlink(entry.path), os.path.join(top, entry.name))
+            elif entry.is_dir(follow_symlinks=False):
+                os.mkdir(os.path.join(top, entry.name), 0o755)
+    for name, _lowers in host.overlays:
+        upper = os.path.join(dirs.upper, name)
+        os.mkdir(upper)
+        os.chmod(upper, stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode))
+        os.mkdir(dirs.host_work(name), 0o755)
+
+
+def host_root_ops(dirs: BoxDirs, host: HostRoot, privileged: bool) -> list[MountOp]:
+    """The mounts that show the host's OS directories in a rootless box
+    (``split_host_root``), run right after its root overlay."""
+    ops = [MountOp(MOUNT, f"/{name}", source="nsbox", fstype="overlay",
+                   flags=0 if privileged else libc.MS_NODEV,
+                   data=overlay_options(list(lowers), os.path.join(dirs.upper, name),
+                                        dirs.host_work(name), userxattr=True))
+           for name, lowers in host.overlays]
+    ops += [MountOp(BIND, f"/{name}", source=f"{HOST_ROOT}{name}", flags=libc.MS_RDONLY)
+            for name in host.binds]
+    return ops
+
+
+def overlay_options(lower_bottom_first: list[str], upper: str, work: str,
+                    userxattr: bool = False) -> str:
+    """The overlay mount's option string. ``userxattr``: for a mount in a user namespace
+    (rootless): overlayfs keeps its opaque, whiteout and copy-up markers in ``user.overlay.*``
+    instead of ``trusted.overlay.*`` (Linux 5.11, overlayfs.rst "Non-standard behavior";
+    containerd and moby ``overlayutils.NeedsUserXAttr``), which also turns off
+    ``redirect_dir`` and ``metacopy``. Raises ``ValueError`` for a path holding ``,``,
+    ``:`` or ``\\``."""
     for path in [*lower_bottom_first, upper, work]:
         if any(c in path for c in ",:\\\n"):
             raise ValueError(f"overlay layer path {path!r} holds ',', ':' or '\\'")
     lower = ":".join(reversed(lower_bottom_first))
-    return f"lowerdir={lower},upperdir={upper},workdir={work}"
+    return (f"lowerdir={lower},upperdir={upper},workdir={work}"
+            + (",userxattr" if userxattr else ""))
 
 
 def host_binds(rootdir: str | None) -> list[Bind]:
@@ -138,17 +258,29 @@ def write_init_layer(dirs: BoxDirs, hostname: str, hosts: str, binds: list[Bind]
                     pass
 
 
-def mount_ops(binds: list[Bind], privileged: bool = False) -> list[MountOp]:
+def mount_ops(binds: list[Bind], privileged: bool = False, rootless: bool = False,
+              host_network: bool = False) -> list[MountOp]:
     """The ordered steps that build a box's ``/proc``, ``/dev`` and ``/sys`` and add
     ``binds`` (parents before children), as bubblewrap's setup op list; unless
-    ``privileged``, ``/dev`` read-only and Docker's masked and read-only paths."""
+    ``privileged``, ``/dev`` read-only and Docker's masked and read-only paths.
+
+    ``rootless`` (the box runs in a user namespace of a normal user): the device nodes are
+    the host's, bound onto empty files (``device`` ops), since ``mknod`` of a device needs
+    ``CAP_MKNOD`` in the initial user namespace (bubblewrap ``SETUP_MOUNT_DEV`` binds them
+    the same way); with ``host_network`` too, ``/sys`` is the host's bound read-only, since
+    sysfs may only be mounted where the user namespace owns the network namespace (as
+    rootless podman binds it for ``--network=host``).
+    """
     ops: list[MountOp] = [
         MountOp(MOUNT, "/proc", source="proc", fstype="proc", flags=_NOSUID_NODEV_NOEXEC),
         MountOp(MOUNT, "/dev", source="tmpfs", fstype="tmpfs",
                 flags=libc.MS_NOSUID | libc.MS_STRICTATIME, data="mode=755,size=65536k"),
     ]
     for name, major, minor in DEVICES:
-        ops.append(MountOp(MKNOD, f"/dev/{name}", mode=0o20666, major=major, minor=minor))
+        if rootless:
+            ops.append(MountOp(DEVICE, f"/dev/{name}", source=f"/dev/{name}"))
+        else:
+            ops.append(MountOp(MKNOD, f"/dev/{name}", mode=0o20666, major=major, minor=minor))
     for name, content in DEV_LINKS:
         ops.append(MountOp(SYMLINK, f"/dev/{name}", source=content))
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o755)):
@@ -160,9 +292,12 @@ def mount_ops(binds: list[Bind], privileged: bool = False) -> list[MountOp]:
                 data="mode=1777,size=65536k"),
         MountOp(MOUNT, "/dev/mqueue", source="mqueue", fstype="mqueue",
                 flags=_NOSUID_NODEV_NOEXEC),
-        MountOp(MOUNT, "/sys", source="sysfs", fstype="sysfs",
-                flags=_NOSUID_NODEV_NOEXEC | (0 if privileged else libc.MS_RDONLY)),
     ]
+    if rootless and host_network:
+        ops.append(MountOp(BIND, "/sys", source="/sys", flags=libc.MS_RDONLY))
+    else:
+        ops.append(MountOp(MOUNT, "/sys", source="sysfs", fstype="sysfs",
+                           flags=_NOSUID_NODEV_NOEXEC | (0 if privileged else libc.MS_RDONLY)))
     if not privileged:
         # Device nodes the box makes are inert: the root is nodev and /dev read-only.
         ops.append(MountOp(REMOUNT, "/dev", flags=libc.MS_RDONLY | libc.MS_NOSUID))
@@ -176,26 +311,36 @@ def mount_ops(binds: list[Bind], privileged: bool = False) -> list[MountOp]:
 
 def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds: list[Bind],
                cgroup_procs: list[str], network: str, privileged: bool = False,
-               caps: list[int] | None = None, seccomp: bool = True) -> BoxPlan:
+               caps: list[int] | None = None, seccomp: bool = True,
+               rootless: bool = False, host_root: HostRoot | None = None) -> BoxPlan:
     """Everything the box's init needs (``protocol.BoxPlan``).
 
     ``caps`` are the capabilities its commands keep (None: all, for ``privileged``);
-    ``seccomp`` installs the default filter before each command's exec. Raises
-    ``ValueError`` for a layer path overlayfs cannot take (``overlay_options``).
+    ``seccomp`` installs the default filter before each command's exec; ``rootless``: the
+    box runs in its owner's user namespace (overlay with ``userxattr``, the host's device
+    nodes: ``overlay_options``, ``mount_ops``); ``host_root``: a rootless box of a ``host``
+    image, whose ``/`` layer is ``dirs.host_top`` and overlays of its own
+    (``split_host_root``, written by ``write_host_top``). Raises ``ValueError`` for a layer
+    path overlayfs cannot take (``overlay_options``).
     """
     namespaces = ["mnt", "uts", "ipc", "cgroup"]
     if network != "host":
         namespaces.append("net")
     layers = [*image.layer_dirs, dirs.init]
+    first: list[MountOp] = []
+    if host_root is not None:
+        layers = [dirs.host_top if layer == HOST_ROOT else layer for layer in layers]
+        first = host_root_ops(dirs, host_root, privileged)
     return BoxPlan(
         box_id=box_id,
         hostname=hostname,
         namespaces=tuple(namespaces),
         cgroup_procs=tuple(cgroup_procs),
         root=dirs.root,
-        overlay=overlay_options(layers, dirs.upper, dirs.work),
+        overlay=overlay_options(layers, dirs.upper, dirs.work, userxattr=rootless),
         overlay_flags=0 if privileged else libc.MS_NODEV,
-        ops=tuple(mount_ops(binds, privileged)),
+        ops=tuple(first + mount_ops(binds, privileged, rootless,
+                                    host_network=network == "host")),
         trace_ops=bool(os.environ.get("NSBOX_TRACE_OPS")),
         confine=Confinement(caps=None if caps is None else tuple(caps),
                             seccomp=seccomp and not privileged, no_new_privs=not privileged),

@@ -50,9 +50,9 @@ class ProtocolError(BoxError):
 #: Mount op kinds, run by ``init.run_op``. ``dest`` is always the path in the box the op
 #: makes or changes; ``source`` is what goes there (a filesystem's source name, a host path
 #: to bind, a symlink's content).
-MOUNT, BIND, REMOUNT, MKNOD, SYMLINK, MKDIR, MASK, READONLY = (
-    "mount", "bind", "remount", "mknod", "symlink", "mkdir", "mask", "readonly")
-MOUNT_KINDS = (MOUNT, BIND, REMOUNT, MKNOD, SYMLINK, MKDIR, MASK, READONLY)
+MOUNT, BIND, REMOUNT, MKNOD, DEVICE, SYMLINK, MKDIR, MASK, READONLY = (
+    "mount", "bind", "remount", "mknod", "device", "symlink", "mkdir", "mask", "readonly")
+MOUNT_KINDS = (MOUNT, BIND, REMOUNT, MKNOD, DEVICE, SYMLINK, MKDIR, MASK, READONLY)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,8 @@ class MountOp:
     - ``remount``: ``dest``'s mount again with ``flags`` (bind remount).
     - ``mknod``: a device node at ``dest`` with ``mode`` (type and permissions), ``major``,
       ``minor``.
+    - ``device``: the host's device node ``source`` bound onto a new empty file at
+      ``dest`` (rootless boxes, which may not ``mknod``; bubblewrap ``SETUP_MOUNT_DEV``).
     - ``symlink``: a link at ``dest`` whose content is ``source``.
     - ``mkdir``: a directory at ``dest`` with ``mode``; one already there is kept.
     - ``mask``: hide ``dest`` (an empty read-only tmpfs, or /dev/null over a file).

@@ -29,7 +29,7 @@ import socket
 import sys
 import time
 
-from ..kernel import libc
+from ..kernel import libc, userns
 from . import init, protocol
 from .loop import ChildServer
 
@@ -51,6 +51,9 @@ class Zygote(ChildServer):
         self.boxes: set[int] = set()
         self.own_pidns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         self.spare: Spare | None = None
+        # In a rootless owner's user namespace a spare leaves the network namespace to
+        # the box (init.PREPARED_ROOTLESS).
+        self.prepared = init.PREPARED_ROOTLESS if userns.rootless() else init.PREPARED
 
     def serve(self) -> None:
         try:
@@ -140,7 +143,7 @@ class Zygote(ChildServer):
             for fd in (self.ctl.fileno(), self.own_pidns, self.wake_r, self.wake_w):
                 os.close(fd)
             self.ctl.detach()
-            init.prepare(host_netns)
+            init.prepare(host_netns, self.prepared)
             msg, fds = protocol.recv(sock)
             sock.close()
         except BaseException:
