@@ -1,6 +1,7 @@
 """``python -m pytest_nsbox images push REF DEST``: the OCI distribution spec's push against
-Debian's ``docker-registry`` on 127.0.0.1 (anonymous, htpasswd basic auth), seen through a
-recording proxy on loopback; ``skopeo`` reads what was pushed.
+Debian's ``docker-registry`` on 127.0.0.1 (anonymous, htpasswd basic auth, and its Bearer
+token auth with a token server here), seen through a recording proxy on loopback;
+``skopeo`` reads what was pushed.
 
 References: opencontainers/distribution-spec ``spec.md`` ("Pushing blobs": POST then PUT,
 chunked PATCH with ``Content-Range``, "Mounting a blob from another repository",
@@ -10,12 +11,14 @@ mount from a known location; ``PutBlobWithOptions``; ``uploadManifest``).
 """
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import os
 import subprocess
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -344,3 +347,130 @@ def test_bad_destinations_and_unpushable_images_are_one_line_errors(
     with pytest.raises(ImageError, match="chunk size 0"):
         push.Pusher(maker.store, push.destination("127.0.0.1:1/x"), chunk_size=0)
 
+
+
+# -- Bearer tokens: docker-registry's token auth, with a token server here -----------------
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+class TokenServer(ThreadingHTTPServer):
+    """A token server for ``docker-registry``'s ``auth: token`` (Docker's token
+    authentication spec, distribution ``registry/auth/token``): checks ``Basic``
+    credentials, grants each requested scope's actions the user may have (``rights``:
+    user -> (password, actions)), and signs an RS256 JWT with ``openssl`` whose ``x5c``
+    holds the certificate the registry trusts (``rootcertbundle``)."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path, rights: dict[str, tuple[str, set[str]]]) -> None:
+        super().__init__(("127.0.0.1", 0), _TokenHandler)
+        self.key, self.cert = root / "token.key", root / "token.crt"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                        str(self.key), "-out", str(self.cert), "-days", "2", "-subj",
+                        "/CN=nsbox-test-token"], check=True, capture_output=True, timeout=60)
+        self.der = subprocess.run(["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+                                  check=True, capture_output=True, timeout=60).stdout
+        self.rights = rights
+        self.asked: list[tuple[str, list[str]]] = []  # (user, scopes) of each token
+        self.realm = f"http://127.0.0.1:{self.server_address[1]}/token"
+        self.thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.05})
+        self.thread.start()
+
+    def token(self, user: str, scopes: list[str]) -> str:
+        allowed = self.rights[user][1]
+        access = []
+        for scope in scopes:
+            kind, name, actions = scope.split(":")
+            granted = [a for a in actions.split(",") if a in allowed]
+            access.append({"type": kind, "name": name, "actions": granted})
+        now = int(time.time())
+        header = {"typ": "JWT", "alg": "RS256", "x5c": [base64.b64encode(self.der).decode()]}
+        claims = {"iss": "nsbox-test", "sub": user, "aud": "nsbox-registry", "exp": now + 300,
+                  "nbf": now - 10, "iat": now, "jti": os.urandom(8).hex(), "access": access}
+        signing = f"{_b64url(json.dumps(header).encode())}.{_b64url(json.dumps(claims).encode())}"
+        signature = subprocess.run(["openssl", "dgst", "-sha256", "-sign", str(self.key)],
+                                   input=signing.encode(), capture_output=True, check=True,
+                                   timeout=60).stdout
+        return f"{signing}.{_b64url(signature)}"
+
+    def close(self) -> None:
+        self.shutdown()
+        self.server_close()
+        self.thread.join(timeout=10)
+
+
+class _TokenHandler(BaseHTTPRequestHandler):
+    server: TokenServer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        srv = self.server
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(self.path).query)
+        auth = self.headers.get("Authorization", "")
+        user, _, password = base64.b64decode(auth[6:]).decode().partition(":") \
+            if auth.startswith("Basic ") else ("", "", "")
+        if user not in srv.rights or srv.rights[user][0] != password:
+            body = b'{"errors":[{"code":"UNAUTHORIZED","message":"bad credentials"}]}'
+            self.send_response(401)
+        else:
+            scopes = query.get("scope", [])
+            srv.asked.append((user, scopes))
+            body = json.dumps({"token": srv.token(user, scopes)}).encode()
+            self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def token_registry(root: Path, tokens: TokenServer) -> Registry:
+    """``docker-registry serve`` on 127.0.0.1 behind ``tokens`` (``auth: token``)."""
+    return Registry(root, auth=["auth:", "  token:", f"    realm: {tokens.realm}",
+                                "    service: nsbox-registry", "    issuer: nsbox-test",
+                                f"    rootcertbundle: {tokens.cert}"])
+
+
+def test_bearer_token_push_asks_for_push_and_for_the_mount_source(
+        maker: Fresh, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Docker's token authentication (distribution ``docs/spec/auth/token.md``) as
+    containers/image asks for it: the destination's ``pull,push`` scope
+    (``newDockerClient``), plus ``pull`` on a mount's source repository
+    (``TryReusingBlobWithOptions``' ``extraScope``), against ``docker-registry``'s token
+    auth. An account granted only ``pull`` gets a one-line error naming the user, its
+    file and the rights it lacks; a wrong password, one naming the user and the file."""
+    tokens = TokenServer(tmp_path, {"bob": ("pw", {"pull", "push"}),
+                                    "reader": ("pw2", {"pull"})})
+    registry = token_registry(tmp_path / "tokenreg", tokens)
+    try:
+        image = maker.store.get("app")
+        docker_config(tmp_path, monkeypatch, registry.name, "bob", "pw")
+        first = push.push(maker.store, image, f"{registry.name}/team/app:v1", [registry.name])
+        assert first.uploaded == 4
+        assert tokens.asked[0] == ("bob", ["repository:team/app:pull,push"])
+        tokens.asked.clear()
+        second = push.push(maker.store, image, f"{registry.name}/other/app:v1",
+                           [registry.name])
+        assert (second.mounted, second.uploaded) == (4, 0)
+        assert ("bob", ["repository:other/app:pull,push", "repository:team/app:pull"]) in \
+            tokens.asked
+        info = json.loads(skopeo("inspect", "--tls-verify=false", "--creds", "bob:pw",
+                                 f"docker://{registry.name}/other/app:v1").stdout)
+        assert info["Digest"] == second.digest == first.digest
+
+        path = docker_config(tmp_path, monkeypatch, registry.name, "reader", "pw2")
+        with pytest.raises(ImageError) as denied:
+            push.push(maker.store, image, f"{registry.name}/team/app:v2", [registry.name])
+        assert str(denied.value).startswith(
+            f"registry {registry.name}: user 'reader' (credentials from {path}) is not "
+            f"granted repository:team/app:")
+        assert "the account needs pull and push rights on team/app" in str(denied.value)
+        docker_config(tmp_path, monkeypatch, registry.name, "bob", "nope")
+        with pytest.raises(ImageError, match="authentication failed for user 'bob'"):
+            push.push(maker.store, image, f"{registry.name}/team/app:v3", [registry.name])
+    finally:
+        registry.close()
+        tokens.close()

@@ -42,7 +42,8 @@ def free_port() -> int:
 class Registry:
     """``docker-registry serve`` on 127.0.0.1 with its own config and storage."""
 
-    def __init__(self, root: Path, users: dict[str, str] | None = None) -> None:
+    def __init__(self, root: Path, users: dict[str, str] | None = None,
+                 auth: list[str] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -58,6 +59,7 @@ class Registry:
                                [str(htpasswd), user, password], check=True, capture_output=True,
                                timeout=30)
             lines += ["auth:", "  htpasswd:", "    realm: nsbox-test", f"    path: {htpasswd}"]
+        lines += auth or []  # other ``auth:`` config lines (token auth)
         (root / "config.yml").write_text("\n".join(lines) + "\n")
         self.log = open(root / "registry.log", "wb")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(root / "config.yml")],

@@ -206,7 +206,7 @@ class Client:
             detail = resp.read(65536)
             resp.close()
             if tried_auth:
-                raise self._denied(detail)
+                raise self._denied(detail, _challenge(challenge)[1])
             tried_auth = True
             self.auths[reads] = self._authorize(challenge, detail, reads)
             if body is not None and not isinstance(body, bytes):
@@ -215,8 +215,18 @@ class Client:
     def get(self, path: str, accept: str | None = None) -> http.client.HTTPResponse:
         return self.request("GET", path, accept=accept)
 
-    def _denied(self, body: bytes) -> ImageError:
+    def _denied(self, body: bytes, challenge: dict[str, str] | None = None) -> ImageError:
         detail = error_text(body)
+        challenge = challenge or {}
+        if challenge.get("error") == "insufficient_scope":
+            # A token came, without the rights asked for (Docker's token spec: the
+            # server grants what the account may do).
+            who = (f"user {self.creds[0]!r} (credentials from {self.creds[2]})" if self.creds
+                   else "anonymous access")
+            scope = challenge.get("scope") or f"repository:{self.ref.repository}:{self.actions}"
+            return ImageError(f"registry {self.ref.registry}: {who} is not granted {scope}"
+                              f"{detail}; the account needs {self.actions.replace(',', ' and ')}"
+                              f" rights on {self.ref.repository}")
         if self.creds:
             user, _pw, path = self.creds
             return ImageError(f"registry {self.ref.registry}: authentication failed for user "
