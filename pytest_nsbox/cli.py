@@ -2,9 +2,10 @@
 
 Subcommands: ``ps`` (running and kept boxes), ``enter BOX [CMD...]`` (a shell inside a
 running box, like ``nsenter``, or in a new box over a kept box's layers), ``gc`` (remove
-what crashed runs left behind), ``images`` (the image store). Exit status: 0 done, 1
-failed (one ``nsbox: ...`` line on stderr, no traceback), 2 bad usage; ``enter`` exits
-with its command's status.
+what crashed runs left behind), ``images`` (the image store), ``doctor`` (what this host
+gives boxes, and what to change). Exit status: 0 done, 1 failed (one ``nsbox: ...`` line on
+stderr, no traceback), 2 bad usage; ``enter`` exits with its command's status; ``doctor``
+1 when boxes cannot run here.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import argparse
 import os
 import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from .kernel.io import readable
 from . import records, sweep
@@ -21,6 +22,9 @@ from .model.defaults import DEFAULT_PATH
 from .kernel.proc import in_cgroup, is_namespace_init
 from .errors import NsboxError
 from .state import StateDirs
+
+if TYPE_CHECKING:
+    from .kernel.hostcheck import Finding
 
 PROG = "python -m pytest_nsbox"
 #: Namespaces ``enter`` joins, with their setns flag names in ``kernel.libc`` (the PID
@@ -368,6 +372,91 @@ def _images(args: argparse.Namespace, store: Any) -> int:
     return 0
 
 
+# -- doctor ------------------------------------------------------------------------------------
+
+#: ``doctor``'s status column: a piece that works; works, but something it offers is
+#: missing (some limits); a required piece that is missing; an optional one.
+DOCTOR_TAGS = {"ok": "ok", "limited": "limited", "required": "MISSING", "optional": "missing"}
+
+
+def _checked(name: str, check: Callable[[], Finding]) -> Finding:
+    """``check()``'s finding, or one saying the check itself failed (doctor never dies)."""
+    from .kernel import hostcheck
+
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001 - a broken probe is a finding, not a traceback
+        return hostcheck.Finding(name, False, f"could not be checked: {type(exc).__name__}: {exc}",
+                       "run doctor as root, or report this as a pytest-nsbox bug")
+
+
+def doctor_findings(dirs: StateDirs, cgroup_parent: str | None) -> list[Finding]:
+    """What ``doctor`` reports, in order: who runs, cgroups (where box cgroups would go
+    and their limits), overlayfs (its upper layers on the run directory's filesystem),
+    user namespaces, netem. Each a ``kernel.hostcheck.Finding``."""
+    from .cgroups import hostinfo
+    from .kernel import hostcheck, userns
+
+    rootless = userns.rootless()
+    uid = os.geteuid()
+    who = (f"uid {uid} ({userns.user_name(uid)}), not root: boxes run rootless, in a user "
+           f"namespace of their own" if rootless else "root (uid 0): boxes run as root")
+    where = dirs.run
+    while not os.path.isdir(where) and os.path.dirname(where) != where:
+        where = os.path.dirname(where)
+    return [
+        hostcheck.Finding("user", True, who),
+        _checked("cgroups", lambda: hostinfo.finding(cgroup_parent)),
+        _checked("overlayfs", lambda: hostcheck.overlay_finding(where, rootless=rootless)),
+        _checked("user namespaces", lambda: hostcheck.userns_finding(rootless=rootless)),
+        _checked("netem", hostcheck.netem_finding),
+    ]
+
+
+def format_doctor(findings: list[Finding], header: str) -> tuple[str, bool]:
+    """The report: ``header``, one line per finding (status, name, what was found), a
+    ``fix:`` line under it for each thing to change, and a verdict; and whether boxes can
+    run (every required piece works)."""
+    def tag(f: Finding) -> str:
+        if f.ok:
+            return DOCTOR_TAGS["limited" if f.fix else "ok"]
+        return DOCTOR_TAGS["required" if f.required else "optional"]
+
+    names = [f.name if f.ok or f.required else f"{f.name} (optional)" for f in findings]
+    width = max(len(n) for n in names) + 2
+    lines = [header]
+    for f, name in zip(findings, names):
+        lines.append(f"{tag(f):<8} {name:<{width}}{f.detail}".rstrip())
+        for fix in f.fix.split(" | ") if f.fix else []:
+            lines.append(f"{'':<8} fix: {fix}")
+    usable = all(f.ok for f in findings if f.required)
+    missing = [f.name for f in findings if not f.ok and not f.required]
+    verdict = ("boxes can run here" if usable else
+               "boxes cannot run here: change what the MISSING lines say")
+    if usable and missing:
+        verdict += f"; without {', '.join(missing)}"
+    lines.append(verdict)
+    return "\n".join(lines), usable
+
+
+def cmd_doctor(args: argparse.Namespace, dirs: StateDirs) -> int:
+    """What this host gives boxes and, for each missing piece, what to change; exit 1
+    when boxes cannot run here."""
+    import platform
+
+    try:
+        from importlib.metadata import version
+
+        ours = version("pytest-nsbox")
+    except Exception:  # noqa: BLE001 - not installed as a distribution: no version to show
+        ours = "?"
+    header = (f"pytest-nsbox {ours} doctor: Linux {platform.release()}, Python "
+              f"{platform.python_version()}, {platform.machine()}")
+    text, usable = format_doctor(doctor_findings(dirs, args.cgroup_parent), header)
+    print(text)
+    return 0 if usable else 1
+
+
 # -- main --------------------------------------------------------------------------------------
 
 def _backend(args: argparse.Namespace) -> Any:
@@ -439,6 +528,15 @@ def parser() -> argparse.ArgumentParser:
     gc_p.add_argument("--kept", action="store_true",
                       help="also remove boxes kept for inspection (--nsbox-keep)")
     gc_p.set_defaults(func=cmd_gc)
+
+    doctor = sub.add_parser(
+        "doctor", help="what this host supports for boxes, and what to change",
+        description="Check what boxes need here: who runs (root or rootless), cgroups (the "
+                    "version, where box cgroups would go, which limits they can have), "
+                    "overlayfs (and userxattr in a user namespace), user namespaces (and "
+                    "the known sysctl blocks), sch_netem. Each missing piece gets a fix: "
+                    "line. Exit status 1 when boxes cannot run here.")
+    doctor.set_defaults(func=cmd_doctor)
 
     images = sub.add_parser("images", help="list, build, push, rm, prune images",
                             description="The image store.")

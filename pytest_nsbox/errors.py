@@ -43,8 +43,18 @@ def _short_repr(value: object, limit: int = 400) -> str:
     return text if len(text) <= limit else text[:limit - 5] + "...)"
 
 
+#: The command every "this host cannot run boxes" line points to (CONTRACT.md).
+DOCTOR = "python -m pytest_nsbox doctor"
+
+
 class HostNotSupported(NsboxError):
-    """This host cannot run boxes; the message is one fix-it line."""
+    """This host cannot run boxes; the message is one fix-it line, which ends by pointing
+    to ``python -m pytest_nsbox doctor`` (added here unless the line names it already)."""
+
+    def __init__(self, message: str) -> None:
+        if DOCTOR not in message:
+            message = f"{message}; `{DOCTOR}` shows what this host lacks"
+        super().__init__(message)
 
 
 class BoxError(NsboxError):

@@ -9,6 +9,8 @@ start time must still name a live process). ``collect`` removes, for dead owners
 - the box's cgroup (``nsbox-<id>``), killing whatever still runs in it first;
 - any mount below the box's directory, then the directory (read-write and init layers);
 - box cgroups (``nsbox-<hex id>``) with no box directory and no live box init in them;
+- what sessions changed to place box cgroups (controllers enabled, processes moved into
+  ``nsbox-owner``) that no live session holds any more (``cgroups.placement``);
 - ``<run>/owners/*.lock`` files nobody holds and no box refers to;
 - half-written image layers (``<store|run>/tmp/<key>.<rand>``) older than ten minutes whose
   build lock is free (in the store, while no build holds the store lock either);
@@ -247,6 +249,17 @@ class _Collector:
                 continue  # maybe a box being created right now, its init not yet inside
             self.cgroup(name, "(no box directory)")
 
+    # cgroup placements
+    def placements(self) -> None:
+        """What sessions changed to place box cgroups (controllers enabled, their processes
+        moved into ``nsbox-owner``) that no live session holds: undone (cgroups.placement)."""
+        restore = getattr(self.backend, "restore_stale", None)
+        if restore is None:
+            return
+        done, problems = restore(self.dry_run)
+        self.removed.extend(done)
+        self.problems.extend(problems)
+
     # owner locks
     def owner_locks(self, referenced: set[str]) -> None:
         owners = os.path.join(self.dirs.run, "owners")
@@ -374,6 +387,7 @@ def collect(dirs: StateDirs, *, dry_run: bool = False, cgroup_parent: str | None
         c.problems.extend(problems)
         remaining = c.boxes()
         c.orphan_cgroups(remaining)
+        c.placements()
         c.mounts()
         c.owner_locks(c.held_locks)
         c.tmp_layers()

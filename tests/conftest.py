@@ -32,6 +32,11 @@ def no_leaks_around_the_suite() -> Iterator[None]:
     from pytest_nsbox.runtime import client
 
     client.shutdown()  # the zygote is ours; it may go now
+    from pytest_nsbox.cgroups import release_all
+
+    # What placing box cgroups changed (cgroup v2: controllers enabled, our processes in
+    # nsbox-owner) is undone at exit; undo it now so that it is counted too.
+    assert release_all() == [], "cgroup changes not undone"
     others |= foreign_boxes(run)
     after = Snapshot.take()
     leaked = [c for c in set(nsbox_cgroups()) - cgroups_before

@@ -181,10 +181,13 @@ def test_unsupported_host_skips_with_one_reason_or_errors_when_required(pytester
     """)
     result = pytester.runpytest_subprocess("-rs", *ARGS)
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED * nsbox: nsbox needs root; run pytest as root"])
+    doctor = "`python -m pytest_nsbox doctor` shows what this host lacks"
+    result.stdout.fnmatch_lines(
+        [f"SKIPPED * nsbox: nsbox needs root; run pytest as root; {doctor}"])
     required = pytester.runpytest_subprocess("--nsbox-require", *ARGS)
     required.assert_outcomes(passed=1, errors=1)
-    required.stdout.fnmatch_lines(["*nsbox needs root; run pytest as root (--nsbox-require is set)"])
+    required.stdout.fnmatch_lines(
+        [f"*nsbox needs root; run pytest as root; {doctor} (--nsbox-require is set)"])
 
 
 def test_failure_report_lists_the_boxs_commands(pytester):

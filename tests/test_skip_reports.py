@@ -23,7 +23,8 @@ import re
 
 import pytest
 
-REASON = "nsbox: nsbox needs overlayfs, which this kernel lacks; load it with `modprobe overlay`"
+REASON = ("nsbox: nsbox needs overlayfs, which this kernel lacks; load it with `modprobe overlay`"
+          "; `python -m pytest_nsbox doctor` shows what this host lacks")
 
 UNFIT_HOST = """
 def pytest_configure(config):
@@ -97,7 +98,7 @@ def test_skip_is_reported_at_the_tests_own_line(unfit: pytest.Pytester,
     result.assert_outcomes(skipped=6)
     lines = _first_lines(TESTS)
     skipped = [line for line in result.outlines if line.startswith("SKIPPED")]
-    assert not [line for line in skipped if "pytest_nsbox" in line], skipped
+    assert not [line for line in skipped if f"pytest_nsbox{os.sep}" in line], skipped
     expected = {lines[name] for name in ("test_fixture", "test_factory_in_body",
                                          "test_marked_and_parametrized", "test_method",
                                          "test_isolated")}

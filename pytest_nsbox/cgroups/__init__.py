@@ -2,7 +2,9 @@
 
 ``detect()`` reads the mount table and picks the backend: pure cgroup v2 when
 ``/sys/fs/cgroup`` itself is cgroup2, else the v1 hierarchies (hybrid hosts whose unified
-mount holds none of our controllers are v1). Imported at pytest startup: stdlib only.
+mount holds none of our controllers are v1). Where v2 box cgroups go and what is changed
+to put them there (and undone after) is ``placement``. Imported at pytest startup: stdlib
+only.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 from ..errors import HostNotSupported
 from ..kernel import mountinfo as _mountinfo
 from .base import PREFIX, Backend, Cgroup, Limits, Stats, read_optional
+from .placement import release_all, restore_stale
 from .v1 import V1Backend, V1Cgroup
 from .v2 import V2Backend, V2Cgroup
 
@@ -29,6 +32,8 @@ __all__ = [
     "box_cgroup_name",
     "detect",
     "parse_mountinfo",
+    "release_all",
+    "restore_stale",
 ]
 
 #: Controllers that can appear in a v1 mount's super options (the rest are mount options).
@@ -65,6 +70,10 @@ class Mount:
     fstype: str
     options: tuple[str, ...]
     """Super options: for cgroup v1 they name the controllers."""
+    root: str = "/"
+    """The cgroup shown at ``point`` (mountinfo's root field), relative to our cgroup
+    namespace's root: ``/`` unless a subtree (or a host hierarchy seen from a cgroup
+    namespace) is mounted."""
 
     @property
     def controllers(self) -> list[str]:
@@ -77,7 +86,7 @@ def parse_mountinfo(text: str) -> list[Mount]:
 
 
 def _cgroup_mounts(entries: list[_mountinfo.MountEntry]) -> list[Mount]:
-    return [Mount(m.point, m.fstype, m.super_options) for m in entries
+    return [Mount(m.point, m.fstype, m.super_options, m.root) for m in entries
             if m.fstype in ("cgroup", "cgroup2")]
 
 
@@ -107,7 +116,8 @@ def detect(root: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo"
     if at_root:
         # Pure v2: even without delegated controllers, grouping and kill still work;
         # available_limits() then says which limits are missing.
-        return V2Backend(root, parent, local_events=LOCAL_EVENTS in at_root[0].options)
+        return V2Backend(root, parent, local_events=LOCAL_EVENTS in at_root[0].options,
+                         mount_root=at_root[0].root)
 
     v1_mounts: dict[str, str] = {}
     for m in mounts:
@@ -122,7 +132,8 @@ def detect(root: str = "/sys/fs/cgroup", mountinfo: str = "/proc/self/mountinfo"
     if v1_useful and len(v1_useful) >= len(v2_useful):
         return V1Backend(v1_mounts, parent)
     if v2_point and v2_useful:
-        return V2Backend(v2_point, parent, local_events=LOCAL_EVENTS in unified[0].options)
+        return V2Backend(v2_point, parent, local_events=LOCAL_EVENTS in unified[0].options,
+                         mount_root=unified[0].root)
     raise HostNotSupported(FIX_NO_CONTROLLERS.format(
         v1=", ".join(sorted(v1_mounts)) or "none", v2=v2_point or "nowhere",
         v2c=" ".join(v2_controllers)))

@@ -8,6 +8,7 @@ subprocesses, no pytest, bounded waits, and every error names the path and the e
 from __future__ import annotations
 
 import abc
+import builtins
 import errno
 import os
 import signal
@@ -36,7 +37,8 @@ FIX_PERMISSION = (
 )
 FIX_READONLY = (
     "cgroupfs is mounted read-only (typical inside a container): run the container with "
-    "--privileged or --cgroupns=private and a writable /sys/fs/cgroup"
+    "--privileged (GitHub Actions `container:` `options: --privileged`, GitLab runner "
+    "`privileged = true`), or with --cgroupns=private and a writable /sys/fs/cgroup"
 )
 FIX_EXISTS = "a cgroup of that name is left over from a crashed run: run `python -m pytest_nsbox gc`"
 FIX_BUSY = "processes are still in it; find them with `cat {path}/cgroup.procs` and kill them"
@@ -409,6 +411,17 @@ class Backend(abc.ABC):
     def missing_controller(self, limit: str) -> str:
         """The message for a limit this host cannot enforce: which controller, how to fix."""
 
+    def close(self) -> builtins.list[str]:
+        """Undo what this backend changed on the host to place box cgroups (v2: see
+        ``placement.py``); returns the problems, one line each. v1 changes nothing."""
+        return []
+
+    def restore_stale(self, dry_run: bool = False) -> tuple[builtins.list[str],
+                                                            builtins.list[str]]:
+        """For ``gc``: undo what crashed sessions changed to place box cgroups and no live
+        one holds any more; ``(lines done, problems)``. v1 changes nothing."""
+        return [], []
+
 
 _MKDIR_FIXES = {errno.EACCES: FIX_PERMISSION, errno.EPERM: FIX_PERMISSION,
                 errno.EROFS: FIX_READONLY, errno.EEXIST: FIX_EXISTS,
@@ -428,18 +441,13 @@ def mkdir_or_error(mkdir: Mkdir, path: str) -> None:
         raise mkdir_error(path, exc) from exc
 
 
-def makedirs(mkdir: Mkdir, root: str, rel: str, on_created: Callable[[str], None] | None = None,
-             on_each: Callable[[str], None] | None = None) -> str:
-    """Create ``root/rel`` one level at a time (each level is a cgroup, so each gets set up).
-
-    ``on_each`` runs for ``root`` and every ancestor before its child is made (v2 enables
-    controllers there); ``on_created`` runs for each level this call created. Another
-    process creating the same level at the same time is fine.
-    """
+def makedirs(mkdir: Mkdir, root: str, rel: str,
+             on_created: Callable[[str], None] | None = None) -> str:
+    """Create ``root/rel`` one level at a time (each level is a cgroup, so each gets set up:
+    ``on_created`` runs for each level this call created). Another process creating the
+    same level at the same time is fine."""
     path = root
     for part in [p for p in rel.split("/") if p]:
-        if on_each:
-            on_each(path)
         path = os.path.join(path, part)
         if os.path.isdir(path):
             continue
@@ -451,6 +459,4 @@ def makedirs(mkdir: Mkdir, root: str, rel: str, on_created: Callable[[str], None
             raise mkdir_error(path, exc) from exc
         if on_created:
             on_created(path)
-    if on_each:
-        on_each(path)
     return path

@@ -2,11 +2,12 @@
 
 Files used (Documentation/admin-guide/cgroup-v2.rst): ``memory.max``, ``memory.swap.max``,
 ``memory.current``, ``memory.peak`` (5.19+), ``memory.events``; ``cpu.max``, ``cpu.stat``;
-``pids.max``, ``pids.current``; ``cgroup.kill`` (5.14+), ``cgroup.freeze`` (5.2+).
+``pids.max``, ``pids.current``; ``cgroup.kill`` (5.14+), ``cgroup.freeze`` (5.2+). Where
+the box cgroups go, and the controllers enabled for them, is ``placement.py``'s business.
 """
 from __future__ import annotations
 
-import errno
+import builtins
 import os
 import signal
 import time
@@ -15,7 +16,6 @@ from os import PathLike
 from ..errors import CgroupError
 from ..units import cpu_quota
 from .base import (
-    PARENT_SETTING,
     PREFIX,
     Backend,
     Cgroup,
@@ -25,15 +25,23 @@ from .base import (
     Stats,
     check_name,
     check_parent,
-    makedirs,
     mkdir_or_error,
     os_error,
     parse_int,
     parse_keyed,
     read_optional,
-    read_text,
     subtree_sum,
     write_text,
+)
+from .placement import (
+    Placement,
+    Writable,
+    Write,
+    choose_base,
+    default_records,
+    may_create,
+    own_cgroup,
+    restore_stale,
 )
 
 #: cpu.max period in microseconds (the kernel default); quota is ``cpus * PERIOD``, exact
@@ -46,12 +54,6 @@ CPU_MIN_QUOTA = 1_000
 CONTROLLERS = {"memory": "memory", "cpu": "cpus", "pids": "pids"}
 _LIMIT_CONTROLLER = {v: k for k, v in CONTROLLERS.items()}
 
-FIX_SUBTREE_BUSY = (
-    "cgroup v2 enables controllers only for the children of a cgroup without processes of "
-    "its own, and this one has some: move them into a child cgroup first (as docker-in-docker "
-    "entrypoints do), or set " + PARENT_SETTING + " below a cgroup without processes"
-)
-
 
 def _controllers(path: str) -> list[str]:
     """Controllers listed in ``path/cgroup.controllers`` ([] if unreadable)."""
@@ -63,11 +65,13 @@ class V2Cgroup(Cgroup):
     """A box cgroup on cgroup v2: a single directory."""
 
     def __init__(self, name: str, path: str, *, rmdir: Rmdir = os.rmdir,
-                 local_events: bool = False) -> None:
-        """``local_events``: cgroup2 is mounted with ``memory_localevents``."""
+                 write: Write = write_text, local_events: bool = False) -> None:
+        """``local_events``: cgroup2 is mounted with ``memory_localevents``; ``write``
+        writes one value to an interface file (a fake tree passes its own)."""
         super().__init__(name, [path], rmdir=rmdir)
         self.path = path
         self.local_events = local_events
+        self._write = write
 
     def _file(self, name: str) -> str:
         return os.path.join(self.path, name)
@@ -76,7 +80,7 @@ class V2Cgroup(Cgroup):
         """Write one interface file; a missing file is an error only for a requested limit."""
         path = self._file(name)
         try:
-            write_text(path, value)
+            self._write(path, value)
         except FileNotFoundError as exc:
             if required:
                 controller = name.split(".")[0]
@@ -178,80 +182,66 @@ class V2Cgroup(Cgroup):
 
 
 class V2Backend(Backend):
-    """Box cgroups as ``<root>/<parent>/nsbox-<id>`` in a cgroup2 hierarchy."""
+    """Box cgroups as ``<base>/nsbox-<id>`` in a cgroup2 hierarchy mounted at ``root``.
+
+    ``base`` is ``parent`` (``nsbox_cgroup_parent``) when given, else chosen by
+    ``placement.choose_base``: the mount's root where we may write it, else our own
+    delegated cgroup. ``own`` is our cgroup relative to the mount (default: read from
+    ``/proc/self/cgroup`` for a mount whose mountinfo root is ``mount_root``); ``records``
+    the directory changes to the hierarchy are recorded in (default
+    ``placement.default_records()``). ``mkdir``, ``rmdir``, ``write`` and
+    ``writable`` are the kernel's part: a fake tree (plain files) passes its own.
+    """
 
     version = 2
 
     def __init__(self, root: str | PathLike[str] = "/sys/fs/cgroup", parent: str | None = None,
-                 *, mkdir: Mkdir = os.mkdir, rmdir: Rmdir = os.rmdir,
-                 local_events: bool = False) -> None:
+                 *, mkdir: Mkdir = os.mkdir, rmdir: Rmdir = os.rmdir, write: Write = write_text,
+                 writable: Writable = may_create, local_events: bool = False,
+                 own: str | None = None, mount_root: str = "/",
+                 records: str | None = None) -> None:
         """``local_events``: the mount has ``memory_localevents`` (see ``oom_kills``)."""
         self.root = os.fspath(root)
         self.local_events = local_events
-        self.parent_rel = check_parent(parent)
+        explicit = check_parent(parent)
+        self.own = own if own is not None else own_cgroup(mount_root)
+        self.writable = writable
+        self.parent_rel, self.placed_by = choose_base(self.root, explicit, self.own, writable)
         self.parent = os.path.join(self.root, self.parent_rel) if self.parent_rel else self.root
         self._mkdir = mkdir
         self._rmdir = rmdir
+        self._write = write
+        self.placement = Placement(
+            self.root, self.parent_rel, explicit=bool(explicit), own=self.own,
+            records=records or default_records(),
+            write=write, mkdir=mkdir, rmdir=rmdir)
 
     def __repr__(self) -> str:
         return f"V2Backend(root={self.root!r}, parent={self.parent_rel!r})"
 
-    def _deepest_existing(self) -> str:
-        """The parent if it exists, else its nearest existing ancestor."""
-        path = self.parent
-        while not os.path.isdir(path) and len(path) > len(self.root):
-            path = os.path.dirname(path)
-        return path
-
     def available_limits(self) -> frozenset[str]:
         """Limits whose controller the parent has (it enables them for its children)."""
-        have = _controllers(self._deepest_existing())
+        have = _controllers(self.placement.deepest_existing())
         return frozenset(CONTROLLERS[c] for c in have if c in CONTROLLERS)
 
     def missing_controller(self, limit: str) -> str:
         controller = _LIMIT_CONTROLLER[limit]
-        where = self._deepest_existing()
+        where = self.placement.deepest_existing()
         have = " ".join(_controllers(where))
         return (f"cgroup v2 controller '{controller}' is not available in {where} "
                 f"(cgroup.controllers: '{have}'), so the {limit} limit cannot be enforced; "
                 f"enable +{controller} in the cgroup.subtree_control of its parents "
                 f"(systemd: Delegate=yes) or drop the {limit} limit")
 
-    def _enable_controllers(self, path: str, needed: set[str]) -> None:
-        """Enable our controllers for the children of ``path`` (those it has and lacks)."""
-        control = os.path.join(path, "cgroup.subtree_control")
-        try:
-            enabled = set(read_text(control).split())
-        except OSError as exc:
-            raise os_error("read", control, exc) from exc
-        missing = [c for c in _controllers(path) if c in CONTROLLERS and c not in enabled]
-        if not missing:
-            return
-        try:
-            # One write is all-or-nothing in the kernel, and the usual case.
-            write_text(control, " ".join("+" + c for c in missing))
-            return
-        except OSError:
-            pass
-        for controller in missing:  # one at a time: keep those that work, name the culprit
-            try:
-                write_text(control, "+" + controller)
-            except OSError as exc:
-                if controller in needed:
-                    fix = FIX_SUBTREE_BUSY if exc.errno == errno.EBUSY else None
-                    raise os_error(f"write '+{controller}' to", control, exc, fix) from exc
-                # Not needed for a requested limit: go on; stats() reports None for it.
-
     def create(self, name: str, limits: Limits) -> V2Cgroup:
-        """mkdir under the parent (made if missing, controllers enabled), then set limits."""
+        """mkdir under the parent, made ready for the controllers ``limits`` need (only
+        those: ``placement.Placement.prepare``), then set the limits."""
         check_name(name)
         self.check_limits(limits)
-        needed = {_LIMIT_CONTROLLER[n] for n in limits.requested()}
-        parent = makedirs(self._mkdir, self.root, self.parent_rel,
-                          on_each=lambda p: self._enable_controllers(p, needed))
+        parent = self.placement.prepare(_LIMIT_CONTROLLER[n] for n in limits.requested())
         path = os.path.join(parent, name)
         mkdir_or_error(self._mkdir, path)
-        cgroup = V2Cgroup(name, path, rmdir=self._rmdir, local_events=self.local_events)
+        cgroup = self._cgroup(name, path)
         try:
             cgroup.set_limits(limits)
         except BaseException:
@@ -262,12 +252,16 @@ class V2Backend(Backend):
             raise
         return cgroup
 
+    def _cgroup(self, name: str, path: str) -> V2Cgroup:
+        return V2Cgroup(name, path, rmdir=self._rmdir, write=self._write,
+                        local_events=self.local_events)
+
     def open(self, name: str) -> V2Cgroup:
         check_name(name)
         path = os.path.join(self.parent, name)
         if not os.path.isdir(path):
             raise CgroupError(f"cgroup: no cgroup {path}")
-        return V2Cgroup(name, path, rmdir=self._rmdir, local_events=self.local_events)
+        return self._cgroup(name, path)
 
     def list(self, prefix: str = PREFIX) -> list[str]:
         try:
@@ -278,3 +272,14 @@ class V2Backend(Backend):
             raise os_error("list", self.parent, exc) from exc
         return sorted(e.name for e in entries
                       if e.name.startswith(prefix) and e.is_dir(follow_symlinks=False))
+
+    def close(self) -> builtins.list[str]:
+        """Undo what was changed to place boxes here, unless another session still relies
+        on it (``Placement.release``); returns the problems, one line each."""
+        return self.placement.release()
+
+    def restore_stale(self, dry_run: bool = False) -> tuple[builtins.list[str],
+                                                            builtins.list[str]]:
+        """``placement.restore_stale`` over this backend's records."""
+        return restore_stale(self.placement.records, dry_run=dry_run, write=self._write,
+                             rmdir=self._rmdir)

@@ -2,10 +2,10 @@
 
 Most tests run against a fake cgroupfs: plain files in tmp_path. The fake cannot enforce
 anything, so they check what the backend writes and how it parses what it reads. What the
-kernel does on mkdir (fill the new cgroup with interface files for the controllers its
-parent enabled) and rmdir (remove them; EBUSY while processes or child cgroups remain) is
-played by ``FakeV2Kernel``, passed to the backend as its ``mkdir``/``rmdir``; everything else
-is the same code that runs on the real cgroupfs.
+kernel does on mkdir, rmdir and writes to cgroup.subtree_control and cgroup.procs is played
+by ``tests/cgroupfs.py``, passed to the backend as its ``mkdir``/``rmdir``/``write``;
+everything else is the same code that runs on the real cgroupfs. Where box cgroups go, and
+the controllers enabled for them, is tested in ``test_cgroup_placement.py``.
 
 Tests marked ``real`` use a real cgroup2 mount (on this hybrid host ``/sys/fs/cgroup/unified``,
 which has no controllers but does have cgroup.procs, cgroup.kill and cgroup.freeze) to check
@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cgroupfs import FakeCgroupfs
 
 from pytest_nsbox.cgroups import (
     Limits,
@@ -38,83 +39,30 @@ pytestmark = pytest.mark.timeout(60)
 
 MiB = 1024 * 1024
 
-CORE_FILES = {
-    "cgroup.procs": "",
-    "cgroup.threads": "",
-    "cgroup.events": "populated 0\nfrozen 0\n",
-    "cgroup.freeze": "0\n",
-    "cgroup.kill": "",
-    "cgroup.subtree_control": "",
-    "cgroup.type": "domain\n",
-    "cpu.stat": "usage_usec 0\nuser_usec 0\nsystem_usec 0\n",
-}
-CONTROLLER_FILES = {
-    "memory": {
-        "memory.max": "max\n",
-        "memory.swap.max": "max\n",
-        "memory.current": "0\n",
-        "memory.peak": "0\n",
-        "memory.events": "low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n",
-    },
-    "cpu": {"cpu.max": "max 100000\n", "cpu.weight": "100\n"},
-    "pids": {"pids.max": "max\n", "pids.current": "0\n"},
-    "io": {"io.max": ""},
-    "cpuset": {"cpuset.cpus": ""},
-}
 
 
-class FakeV2Kernel:
-    """Plays the kernel's part of mkdir/rmdir on a tree of plain files."""
-
-    def __init__(self, omit: set[str] | None = None) -> None:
-        self.omit = omit or set()  # interface files this "kernel" lacks (old kernel, ...)
-
-    def mkdir(self, path: str) -> None:
-        os.mkdir(path)
-        control = Path(path).parent / "cgroup.subtree_control"
-        enabled = [t.lstrip("+") for t in control.read_text().split() if not t.startswith("-")]
-        files = dict(CORE_FILES, **{"cgroup.controllers": " ".join(enabled) + "\n"})
-        for controller in enabled:
-            files.update(CONTROLLER_FILES.get(controller, {}))
-        for name, content in files.items():
-            if name not in self.omit:
-                Path(path, name).write_text(content)
-
-    def rmdir(self, path: str) -> None:
-        p = Path(path)
-        if not p.exists():
-            raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
-        procs = p / "cgroup.procs"
-        if any(c.is_dir() for c in p.iterdir()) or (procs.exists() and procs.read_text().strip()):
-            raise OSError(errno.EBUSY, "Device or resource busy", path)
-        for child in p.iterdir():
-            child.unlink()
-        p.rmdir()
-
-
-def make_root(tmp_path: Path, controllers: str = "cpuset cpu io memory pids") -> Path:
-    """A fake cgroup2 root: the root cgroup has no limit files of its own."""
-    root = tmp_path / "cgroup"
-    root.mkdir()
-    (root / "cgroup.controllers").write_text(controllers + "\n")
-    (root / "cgroup.subtree_control").write_text("")
-    (root / "cgroup.procs").write_text("1\n")
-    (root / "cpu.stat").write_text("usage_usec 99\n")
-    return root
+def fake(tmp_path: Path, controllers: str = "cpuset cpu io memory pids", enabled: str = "",
+         omit: tuple[str, ...] = ()) -> FakeCgroupfs:
+    """A fake real root cgroup (no limit files of its own) holding pid 1."""
+    fs = FakeCgroupfs(tmp_path / "cgroup", controllers, enabled=enabled, procs=[1], omit=omit)
+    (fs.root / "cpu.stat").write_text("usage_usec 99\n")
+    return fs
 
 
 @pytest.fixture
-def kernel() -> FakeV2Kernel:
-    return FakeV2Kernel()
+def fs(tmp_path: Path) -> FakeCgroupfs:
+    return fake(tmp_path)
 
 
 @pytest.fixture
-def root(tmp_path: Path) -> Path:
-    return make_root(tmp_path)
+def root(fs: FakeCgroupfs) -> Path:
+    return fs.root
 
 
-def backend(root: Path, kernel: FakeV2Kernel, parent: str | None = None) -> V2Backend:
-    return V2Backend(root=root, parent=parent, mkdir=kernel.mkdir, rmdir=kernel.rmdir)
+def backend(fs: FakeCgroupfs, parent: str | None = None) -> V2Backend:
+    """The backend over the fake tree, its changes recorded next to it."""
+    return V2Backend(root=fs.root, parent=parent, mkdir=fs.mkdir, rmdir=fs.rmdir,
+                     write=fs.write, own="/", records=str(fs.root.parent / "records"))
 
 
 def read(path: Path) -> str:
@@ -123,22 +71,25 @@ def read(path: Path) -> str:
 
 # -- limits -----------------------------------------------------------------------------------
 
-def test_create_writes_limits(root: Path, kernel: FakeV2Kernel) -> None:
-    cg = backend(root, kernel).create("nsbox-x", Limits(memory=64 * MiB, cpus=0.5, pids=20))
+def test_create_writes_limits(root: Path, fs: FakeCgroupfs) -> None:
+    cg = backend(fs).create("nsbox-x", Limits(memory=64 * MiB, cpus=0.5, pids=20))
     box = root / "nsbox-x"
     assert cg.name == "nsbox-x"
     assert cg.paths == [str(box)]
     assert cg.procs_files() == [str(box / "cgroup.procs")]
-    assert set(read(root / "cgroup.subtree_control").split()) == {"+cpu", "+memory", "+pids"}
+    assert fs.subtree(root) == ["cpu", "memory", "pids"]
     assert read(box / "memory.max") == str(64 * MiB)
     assert read(box / "memory.swap.max") == "0"
     assert read(box / "cpu.max") == "50000 100000"
     assert read(box / "pids.max") == "20"
 
 
-def test_no_limits_means_unlimited(root: Path, kernel: FakeV2Kernel) -> None:
-    backend(root, kernel).create("nsbox-x", Limits())
-    box = root / "nsbox-x"
+def test_no_limits_means_unlimited(tmp_path: Path) -> None:
+    """Where the controllers are enabled anyway (a systemd host's root), a box without
+    limits has their files, written unlimited."""
+    fs = fake(tmp_path, enabled="cpu memory pids")
+    backend(fs).create("nsbox-x", Limits())
+    box = fs.root / "nsbox-x"
     assert read(box / "memory.max") == "max"
     assert read(box / "memory.swap.max") == "max"
     assert read(box / "cpu.max") == "max 100000"
@@ -147,52 +98,53 @@ def test_no_limits_means_unlimited(root: Path, kernel: FakeV2Kernel) -> None:
 
 @pytest.mark.parametrize("cpus, expected", [(2, "200000 100000"), (0.25, "25000 100000"),
                                             (0.001, "1000 100000")])
-def test_cpu_quota(root: Path, kernel: FakeV2Kernel, cpus: float, expected: str) -> None:
-    backend(root, kernel).create("nsbox-x", Limits(cpus=cpus))
+def test_cpu_quota(root: Path, fs: FakeCgroupfs, cpus: float, expected: str) -> None:
+    backend(fs).create("nsbox-x", Limits(cpus=cpus))
     assert read(root / "nsbox-x" / "cpu.max") == expected
 
 
 @pytest.mark.parametrize("cpus, expected", [
     (0.29, "29000 100000"), (0.57, "57000 100000"), (1.13, "113000 100000"),
     (2.01, "201000 100000"), (1.1, "110000 100000"), (2.3, "230000 100000")])
-def test_cpu_max_quota_is_exact(root: Path, kernel: FakeV2Kernel, cpus: float,
+def test_cpu_max_quota_is_exact(root: Path, fs: FakeCgroupfs, cpus: float,
                                 expected: str) -> None:
     """moby daemon/daemon_unix.go ``getCPUResources``: quota = NanoCPUs * 100000 / 1e9, with
     NanoCPUs the exact value docker/cli ``ParseCPUs`` reads (``int(0.29 * 100000)`` would
     be 28999)."""
-    backend(root, kernel).create("nsbox-x", Limits(cpus=cpus))
+    backend(fs).create("nsbox-x", Limits(cpus=cpus))
     assert read(root / "nsbox-x" / "cpu.max") == expected
 
 
-def test_set_limits_changes_them(root: Path, kernel: FakeV2Kernel) -> None:
-    cg = backend(root, kernel).create("nsbox-x", Limits(memory=64 * MiB))
+def test_set_limits_changes_them(root: Path, fs: FakeCgroupfs) -> None:
+    cg = backend(fs).create("nsbox-x", Limits(memory=64 * MiB, pids=3))
     cg.set_limits(Limits(memory=128 * MiB, pids=5))
     assert read(root / "nsbox-x" / "memory.max") == str(128 * MiB)
     assert read(root / "nsbox-x" / "pids.max") == "5"
 
 
-def test_no_swap_file_is_fine(root: Path) -> None:
-    kernel = FakeV2Kernel(omit={"memory.swap.max"})  # CONFIG_SWAP off / swapaccount=0
-    backend(root, kernel).create("nsbox-x", Limits(memory=64 * MiB))
+def test_no_swap_file_is_fine(tmp_path: Path) -> None:
+    fs = fake(tmp_path, omit=("memory.swap.max",))  # CONFIG_SWAP off / swapaccount=0
+    root = fs.root
+    backend(fs).create("nsbox-x", Limits(memory=64 * MiB))
     assert read(root / "nsbox-x" / "memory.max") == str(64 * MiB)
     assert not (root / "nsbox-x" / "memory.swap.max").exists()
 
 
 @pytest.mark.parametrize("limits", [Limits(memory=0), Limits(cpus=0), Limits(pids=0),
                                     Limits(cpus=-1.0)])
-def test_invalid_limits_refused_before_mkdir(root: Path, kernel: FakeV2Kernel,
+def test_invalid_limits_refused_before_mkdir(root: Path, fs: FakeCgroupfs,
                                              limits: Limits) -> None:
     with pytest.raises(CgroupError):
-        backend(root, kernel).create("nsbox-x", limits)
+        backend(fs).create("nsbox-x", limits)
     assert not (root / "nsbox-x").exists()
 
 
 # -- controllers and parents ------------------------------------------------------------------
 
-def test_missing_controller_names_it_and_creates_nothing(tmp_path: Path,
-                                                         kernel: FakeV2Kernel) -> None:
-    root = make_root(tmp_path, controllers="cpu pids")
-    b = backend(root, kernel)
+def test_missing_controller_names_it_and_creates_nothing(tmp_path: Path) -> None:
+    fs = fake(tmp_path, controllers="cpu pids")
+    root = fs.root
+    b = backend(fs)
     assert b.available_limits() == {"cpus", "pids"}
     with pytest.raises(CgroupError, match=r"controller 'memory'.*memory limit"):
         b.create("nsbox-x", Limits(memory=64 * MiB))
@@ -201,38 +153,41 @@ def test_missing_controller_names_it_and_creates_nothing(tmp_path: Path,
     assert cg.stats().memory_current is None
 
 
-def test_missing_limit_file_rolls_back(root: Path) -> None:
-    kernel = FakeV2Kernel(omit={"pids.max"})
+def test_missing_limit_file_rolls_back(tmp_path: Path) -> None:
+    fs = fake(tmp_path, omit=("pids.max",))
+    root = fs.root
     with pytest.raises(CgroupError, match=r"pids\.max.*not enabled"):
-        backend(root, kernel).create("nsbox-x", Limits(pids=5))
+        backend(fs).create("nsbox-x", Limits(pids=5))
     assert not (root / "nsbox-x").exists()
 
 
 def test_parent_made_with_controllers_enabled_down_the_path(root: Path,
-                                                            kernel: FakeV2Kernel) -> None:
-    b = backend(root, kernel, parent="mygroup/sub")
+                                                            fs: FakeCgroupfs) -> None:
+    b = backend(fs, parent="mygroup/sub")
     cg = b.create("nsbox-x", Limits(memory=32 * MiB))
     box = root / "mygroup" / "sub" / "nsbox-x"
     assert cg.paths == [str(box)]
     for level in (root, root / "mygroup", root / "mygroup" / "sub"):
-        assert set(read(level / "cgroup.subtree_control").split()) == {"+cpu", "+memory", "+pids"}
+        assert fs.subtree(level) == ["memory"]  # only what the limits need
     assert read(box / "memory.max") == str(32 * MiB)
-    assert set(read(box / "cgroup.controllers").split()) == {"cpu", "memory", "pids"}
+    assert read(box / "cgroup.controllers") == "memory"
     # A second box reuses the parent and enables nothing twice.
     b.create("nsbox-y", Limits())
     assert b.list() == ["nsbox-x", "nsbox-y"]
+    assert len(fs.writes_to("cgroup.subtree_control")) == 3
 
 
-def test_parent_already_enabled_is_not_rewritten(root: Path, kernel: FakeV2Kernel) -> None:
+def test_parent_already_enabled_is_not_rewritten(root: Path, fs: FakeCgroupfs) -> None:
     (root / "cgroup.subtree_control").write_text("cpu memory pids io\n")
-    backend(root, kernel).create("nsbox-x", Limits())
+    backend(fs).create("nsbox-x", Limits(memory=MiB, cpus=1, pids=3))
     assert read(root / "cgroup.subtree_control") == "cpu memory pids io"
+    assert fs.writes_to("cgroup.subtree_control") == []
 
 
 @pytest.mark.parametrize("bad", ["", "..", "a/b", "."])
-def test_bad_names(root: Path, kernel: FakeV2Kernel, bad: str) -> None:
+def test_bad_names(root: Path, fs: FakeCgroupfs, bad: str) -> None:
     with pytest.raises(CgroupError):
-        backend(root, kernel).create(bad, Limits())
+        backend(fs).create(bad, Limits())
 
 
 def test_parent_cannot_escape(root: Path) -> None:
@@ -240,15 +195,15 @@ def test_parent_cannot_escape(root: Path) -> None:
         V2Backend(root=root, parent="../etc")
 
 
-def test_existing_cgroup_points_to_gc(root: Path, kernel: FakeV2Kernel) -> None:
-    b = backend(root, kernel)
+def test_existing_cgroup_points_to_gc(root: Path, fs: FakeCgroupfs) -> None:
+    b = backend(fs)
     b.create("nsbox-x", Limits())
     with pytest.raises(CgroupError, match=r"nsbox-x: File exists \(EEXIST\).*gc"):
         b.create("nsbox-x", Limits())
 
 
-def test_list_open_destroy(root: Path, kernel: FakeV2Kernel) -> None:
-    b = backend(root, kernel)
+def test_list_open_destroy(root: Path, fs: FakeCgroupfs) -> None:
+    b = backend(fs)
     b.create("nsbox-a", Limits())
     b.create("nsbox-b", Limits())
     (root / "system.slice").mkdir()
@@ -264,20 +219,20 @@ def test_list_open_destroy(root: Path, kernel: FakeV2Kernel) -> None:
         b.open("nsbox-a")
 
 
-def test_list_without_parent_dir(root: Path, kernel: FakeV2Kernel) -> None:
-    assert backend(root, kernel, parent="not/yet").list() == []
+def test_list_without_parent_dir(root: Path, fs: FakeCgroupfs) -> None:
+    assert backend(fs, parent="not/yet").list() == []
 
 
-def test_destroy_removes_child_cgroups_first(root: Path, kernel: FakeV2Kernel) -> None:
-    cg = backend(root, kernel).create("nsbox-x", Limits())
-    kernel.mkdir(str(root / "nsbox-x" / "inner"))
-    kernel.mkdir(str(root / "nsbox-x" / "inner" / "deeper"))
+def test_destroy_removes_child_cgroups_first(root: Path, fs: FakeCgroupfs) -> None:
+    cg = backend(fs).create("nsbox-x", Limits())
+    fs.mkdir(str(root / "nsbox-x" / "inner"))
+    fs.mkdir(str(root / "nsbox-x" / "inner" / "deeper"))
     cg.destroy(1.0)
     assert not (root / "nsbox-x").exists()
 
 
-def test_destroy_busy_names_path_and_errno(root: Path, kernel: FakeV2Kernel) -> None:
-    cg = backend(root, kernel).create("nsbox-x", Limits())
+def test_destroy_busy_names_path_and_errno(root: Path, fs: FakeCgroupfs) -> None:
+    cg = backend(fs).create("nsbox-x", Limits())
     # A pid that cannot be ours and cannot be killed by the loop: the fake keeps listing it.
     (root / "nsbox-x" / "cgroup.procs").write_text(f"{os.getpid()}\n")
     with pytest.raises(CgroupError, match=r"nsbox-x: Device or resource busy \(EBUSY\)"):
@@ -286,8 +241,8 @@ def test_destroy_busy_names_path_and_errno(root: Path, kernel: FakeV2Kernel) -> 
 
 # -- stats ------------------------------------------------------------------------------------
 
-def test_stats_parsing(root: Path, kernel: FakeV2Kernel) -> None:
-    cg = backend(root, kernel).create("nsbox-x", Limits(memory=64 * MiB, pids=10))
+def test_stats_parsing(root: Path, fs: FakeCgroupfs) -> None:
+    cg = backend(fs).create("nsbox-x", Limits(memory=64 * MiB, pids=10))
     box = root / "nsbox-x"
     (box / "memory.current").write_text("1234\n")
     (box / "memory.peak").write_text("5678\n")
@@ -301,9 +256,9 @@ def test_stats_parsing(root: Path, kernel: FakeV2Kernel) -> None:
                                cpu_seconds=2.5, pids_current=4, oom_kills=2)
 
 
-def test_stats_without_memory_peak_and_unlimited(root: Path) -> None:
-    kernel = FakeV2Kernel(omit={"memory.peak"})  # kernels before 5.19
-    cg = backend(root, kernel).create("nsbox-x", Limits())
+def test_stats_without_memory_peak_and_unlimited(tmp_path: Path) -> None:
+    fs = fake(tmp_path, enabled="cpu memory pids", omit=("memory.peak",))  # before 5.19
+    cg = backend(fs).create("nsbox-x", Limits())
     stats = cg.stats()
     assert stats.memory_peak is None
     assert stats.memory_limit is None
@@ -312,9 +267,9 @@ def test_stats_without_memory_peak_and_unlimited(root: Path) -> None:
     assert stats.oom_kills == 0
 
 
-def test_stats_without_controllers(tmp_path: Path, kernel: FakeV2Kernel) -> None:
-    root = make_root(tmp_path, controllers="")
-    cg = backend(root, kernel).create("nsbox-x", Limits())
+def test_stats_without_controllers(tmp_path: Path) -> None:
+    fs = fake(tmp_path, controllers="")
+    cg = backend(fs).create("nsbox-x", Limits())
     assert cg.stats() == Stats(memory_current=None, memory_peak=None, memory_limit=None,
                                cpu_seconds=0.0, pids_current=None, oom_kills=0)
 
@@ -348,7 +303,7 @@ def hybrid(tmp_path: Path, groups: list[str], unified_controllers: str = "hugetl
 
 
 def test_detect_pure_v2(tmp_path: Path) -> None:
-    root = make_root(tmp_path)
+    root = fake(tmp_path).root
     info = write_mountinfo(tmp_path, [mountinfo_line(root, "cgroup2", "rw,nsdelegate")])
     b = detect(root=str(root), mountinfo=info, parent="nsbox")
     assert isinstance(b, V2Backend) and b.version == 2
