@@ -658,6 +658,9 @@ def _copy_dir(src: str, dst: str, rel: str, skip: frozenset[str],
         s = entry.path
         d = os.path.join(dst, entry.name)
         st = entry.stat(follow_symlinks=False)
+        if entry.name.startswith(WHITEOUT_PREFIX):
+            _copy_marker(entry.name, st, dst)
+            continue
         if is_whiteout(st):
             os.mknod(d, stat.S_IFCHR | 0o600, os.makedev(0, 0))
             chown(d, st.st_uid, st.st_gid, follow_symlinks=False)
@@ -694,6 +697,25 @@ def _copy_dir(src: str, dst: str, rel: str, skip: frozenset[str],
             raise ImageError(f"{s}: a device node ({os.major(st.st_rdev)}:"
                              f"{os.minor(st.st_rdev)}); a layer holds none (a box gets a fresh "
                              f"/dev); delete it before committing")
+
+
+def _copy_marker(name: str, st: os.stat_result, dst: str) -> None:
+    """An entry named ``.wh.*`` in a directory being copied as a layer: the in-directory
+    markers fuse-overlayfs (the rootless fallback) writes in its upper directory beside or
+    instead of the kernel's (its ``set_fd_opaque`` and ``create_whiteout``):
+    ``.wh..wh..opq`` marks the directory opaque (so does its xattr, which
+    ``OPAQUE_XATTRS`` reads), a whiteout device named ``.wh..opq`` goes with it, and a
+    file ``.wh.NAME`` (where it could not ``mknod``) is a whiteout of ``NAME``. Made
+    into the overlay form (``OPAQUE_XATTR``, a 0:0 device)."""
+    if name == OPAQUE_MARKER:
+        os.setxattr(dst, OPAQUE_XATTR, b"y")
+        return
+    target = name[len(WHITEOUT_PREFIX):]
+    if is_whiteout(st) or target.startswith(WHITEOUT_PREFIX) or not target:
+        return
+    path = os.path.join(dst, target)
+    if not os.path.lexists(path):
+        os.mknod(path, stat.S_IFCHR | 0o600, os.makedev(0, 0))
 
 
 def _copy_file(src: str, dst: str) -> None:

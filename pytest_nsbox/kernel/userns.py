@@ -124,6 +124,48 @@ def overlay_xattr(name: str) -> str:
     return ("user.overlay." if rootless() else "trusted.overlay.") + name
 
 
+#: overlayfs may be mounted in a user namespace with ``userxattr`` from this kernel on
+#: (overlayfs.rst, "Permission model"; kernel commit 2d2f2d7322ff "ovl: user xattr").
+KERNEL_USERXATTR = (5, 11)
+#: The rootless fallback where the kernel cannot (fuse-overlayfs(1): "can be used since
+#: Linux 4.18 by unprivileged users in an user namespace").
+FUSE_OVERLAYFS = "fuse-overlayfs"
+FIX_NO_OVERLAY = (
+    "this kernel ({release}) cannot mount overlayfs in a user namespace (Linux 5.11 or "
+    "later can, with userxattr): install fuse-overlayfs (Debian/Ubuntu: apt-get install "
+    "fuse-overlayfs), which rootless boxes then use instead, or run pytest as root")
+
+
+def kernel_release(release: str | None = None) -> tuple[int, int]:
+    """``(major, minor)`` of this kernel (``os.uname().release``, e.g. ``6.1.0-18-amd64``)."""
+    text = release if release is not None else os.uname().release
+    parts = text.split(".")
+    try:
+        return int(parts[0]), int("".join(c for c in parts[1].split("-")[0] if c.isdigit()))
+    except (IndexError, ValueError):
+        return (0, 0)
+
+
+def overlay_helper(release: str | None = None,
+                   which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """How a rootless box mounts its root: None for the kernel's overlayfs (Linux 5.11+,
+    ``userxattr``), else the path of ``fuse-overlayfs``, the fallback podman and BuildKit
+    use on older kernels (``storage.conf(5)`` ``mount_program``). ``NSBOX_OVERLAY``
+    chooses: ``kernel`` or ``fuse-overlayfs``. Raises ``UsernsError`` (a fix-it line) when
+    neither can work."""
+    choice = os.environ.get("NSBOX_OVERLAY", "").strip().lower()
+    if choice not in ("", "kernel", FUSE_OVERLAYFS):
+        raise UsernsError(errno.EINVAL, f"NSBOX_OVERLAY={choice!r}: use kernel or "
+                                        f"{FUSE_OVERLAYFS}")
+    if choice == "kernel" or (not choice and kernel_release(release) >= KERNEL_USERXATTR):
+        return None
+    found = which(FUSE_OVERLAYFS)
+    if found is None:
+        raise UsernsError(errno.ENOENT, FIX_NO_OVERLAY.format(
+            release=release or os.uname().release))
+    return found
+
+
 # -- the maps ---------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -213,16 +255,17 @@ def user_name(uid: int) -> str:
         return str(uid)
 
 
-def plan_maps(uid: int | None = None, gid: int | None = None, *, subuid: str = SUBUID,
-              subgid: str = SUBGID,
+def plan_maps(uid: int | None = None, gid: int | None = None, *, user: str | None = None,
+              subuid: str = SUBUID, subgid: str = SUBGID,
               which: Callable[[str], str | None] = shutil.which) -> IdMaps:
     """The maps for a user namespace of user ``uid``/``gid`` (default: this process's
-    effective ones): subordinate ranges through the helpers where both files give the
-    user some and both helpers are installed, else a single ID each (module docstring).
-    ``NSBOX_USERNS=single`` asks for the single-ID map whatever the files say."""
+    effective ones; ``user`` its login name, default looked up): subordinate ranges
+    through the helpers where both files give the user some and both helpers are
+    installed, else a single ID each (module docstring). ``NSBOX_USERNS=single`` asks for
+    the single-ID map whatever the files say."""
     uid = os.geteuid() if uid is None else uid
     gid = os.getegid() if gid is None else gid
-    name = user_name(uid)
+    name = user if user is not None else user_name(uid)
     single = IdMaps((IdRange(0, uid, 1),), (IdRange(0, gid, 1),), helpers=False)
     if os.environ.get("NSBOX_USERNS", "").strip().lower() == "single":
         return single

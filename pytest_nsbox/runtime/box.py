@@ -27,7 +27,8 @@ from typing import Any
 
 from ..kernel.io import readable
 from ..cgroups.base import Limits, Stats
-from ..errors import BoxClosed, BoxError, CommandFailed, SpecError, TeardownError
+from ..errors import (BoxClosed, BoxError, CommandFailed, HostNotSupported, SpecError,
+                      TeardownError)
 from ..lifecycle import Undo
 from ..model.image import Image
 from ..overlay import diff as overlay_diff
@@ -39,11 +40,12 @@ from ..kernel.proc import available_cpus
 from .. import records
 from ..kernel import caps, libc, userns
 from ..network import netns
+from ..network.netns import Fd
 from . import protocol
 from ..model import users
 from .client import zygote
 from .engine import Engine, check_host, default_engine
-from .owner import as_owner, netns_runner, remove_tree_as_owner
+from .owner import as_agent, as_owner, netns_runner, remove_tree_as_owner
 from .process import Process
 from .uncontained import Uncontained
 from ..model.results import Change, RunResult
@@ -127,6 +129,7 @@ class Box:
         self.final_stats: Stats | None = None
         self.kept_at: str | None = None
         self._engine = engine
+        self._overlay_helper: str | None = None  # fuse-overlayfs, rootless fallback
         self._closed = False
         self._close_lock = threading.Lock()
         self._processes: list[Process] = []
@@ -167,14 +170,20 @@ class Box:
         spec = self.spec
         keep = None if spec.privileged else caps.resolve(spec.cap_add, spec.cap_drop, False)
         rootless = userns.rootless()
-        host_root = None
-        if rootless and HOST_ROOT in self.image.layer_dirs:
+        host_root = helper = None
+        if rootless:
+            try:
+                helper = self._overlay_helper = userns.overlay_helper()
+            except userns.UsernsError as exc:
+                raise HostNotSupported(exc.strerror or str(exc)) from None
+        if rootless and helper is None and HOST_ROOT in self.image.layer_dirs:
             host_root = split_host_root([*self.image.layer_dirs, self.dirs.init])
             write_host_top(self.dirs, host_root)
         plan = build_plan(box_id=self.id, hostname=self.hostname, image=self.image,
                           dirs=self.dirs, binds=binds, cgroup_procs=self._cgroup.procs_files(),
                           network=spec.network, privileged=spec.privileged, caps=keep,
-                          seccomp=spec.seccomp, rootless=rootless, host_root=host_root)
+                          seccomp=spec.seccomp, rootless=rootless, host_root=host_root,
+                          overlay_helper=helper)
         ours, theirs = protocol.socketpair()
         self._ctl = ours
         self._undo.callback(ours.close)
@@ -431,7 +440,13 @@ class Box:
             os.close(proc_dir)
         try:
             with self._path_errors(rel):
-                return libc.openat2(root, rel.lstrip("/") or ".", flags, mode)
+                if self._overlay_helper is not None:
+                    # A FUSE root (fuse-overlayfs) lets in no process outside the user
+                    # namespace that mounted it (fuse.rst "allow_other"): the agent,
+                    # inside it, looks the path up; the descriptor comes back here.
+                    return as_agent(partial(open_beneath, Fd(root), rel, flags, mode),
+                                    f"box {self.name!r}: opening {rel}")
+                return open_beneath(root, rel, flags, mode)
         finally:
             os.close(root)
 
@@ -528,9 +543,12 @@ class Box:
         # The init layer is part of what the box started from, not a change it made.
         # Rootless, what the box's non-root users made may be readable by its user
         # namespace only: the agent reads it then (owner.as_owner).
-        return as_owner(partial(overlay_diff.changes, self.dirs.upper,
-                                [*self.image.layer_dirs, self.dirs.init]),
-                        f"box {self.name!r}: reading its read-write layer")
+        layers = [*self.image.layer_dirs, self.dirs.init]
+        found = as_owner(partial(overlay_diff.changes, self.dirs.upper, layers),
+                         f"box {self.name!r}: reading its read-write layer")
+        if self._overlay_helper is None:
+            return found
+        return fuse_markers(found, layers)
 
     def commit(self, tag: str | None = None) -> Image:
         """A new image whose top layer is this box's read-write layer (deletions kept as
@@ -647,6 +665,37 @@ class _NetworkHandle:
 
     def on_close(self, undo: Callable[[], object]) -> None:
         self._box._undo.callback(undo)
+
+
+def open_beneath(root: int, path: str, flags: int, mode: int) -> int:
+    """``path`` of the box whose root is open as ``root``, opened with ``flags``
+    (``openat2(RESOLVE_IN_ROOT)``: nothing of it can lead out); an ``Fd`` (it may be
+    opened in the agent and travel back)."""
+    return Fd(libc.openat2(root, path.lstrip("/") or ".", flags, mode))
+
+
+def fuse_markers(changes: list[Change], layers_bottom_first: list[str]) -> list[Change]:
+    """``changes`` of an upper directory fuse-overlayfs wrote, without its in-directory
+    markers (``images.layers._copy_marker``): ``.wh..wh..opq`` and a ``.wh..opq``
+    whiteout go (the directory's xattr already says it is opaque), a file ``.wh.NAME``
+    is the deletion ``D`` of ``NAME`` where the image has one."""
+    from ..images.layers import OPAQUE_MARKER, WHITEOUT_PREFIX
+    from ..overlay.view import lookup
+
+    lower = list(reversed(layers_bottom_first))
+    out: dict[str, str] = {}
+    for change in changes:
+        parent, _, name = change.path.rpartition("/")
+        if not name.startswith(WHITEOUT_PREFIX):
+            out.setdefault(change.path, change.kind)
+            continue
+        target = name[len(WHITEOUT_PREFIX):]
+        if name == OPAQUE_MARKER or target.startswith(WHITEOUT_PREFIX):
+            continue
+        path = f"{parent}/{target}"
+        if lookup(lower, path.strip("/").split("/")) is not None:
+            out[path] = "D"
+    return [Change(path=p, kind=k) for p, k in sorted(out.items())]
 
 
 def _argv(cmd: list[str] | str) -> list[str]:

@@ -113,7 +113,10 @@ def _setup(plan: BoxPlan, marks: list[tuple[str, float]]) -> None:
     os.close(_HOST_NETNS)
     marks.append(("namespaces", time.monotonic()))
     root = plan.root
-    libc.mount("nsbox", root, "overlay", plan.overlay_flags, plan.overlay)
+    if plan.overlay_helper:
+        _fuse_overlay(plan.overlay_helper, plan.overlay, root)
+    else:
+        libc.mount("nsbox", root, "overlay", plan.overlay_flags, plan.overlay)
     marks.append(("overlay", time.monotonic()))
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
@@ -146,6 +149,24 @@ def _setup(plan: BoxPlan, marks: list[tuple[str, float]]) -> None:
         pass
     _confine(plan.confine)
     marks.append(("confined", time.monotonic()))
+
+
+def _fuse_overlay(program: str, options: str, root: str) -> None:
+    """Mount the root with ``program`` (fuse-overlayfs), which forks the daemon that serves
+    it and exits once it is mounted; the daemon, a process of this PID namespace whose
+    parent is gone, is reaped here and dies with the box. Raises ``OSError`` with its exit
+    status when it fails."""
+    null = os.open("/dev/null", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        pid = os.posix_spawn(program, [program, "-o", options, root], {"PATH": DEFAULT_PATH},
+                             file_actions=[(os.POSIX_SPAWN_DUP2, null, 0),
+                                           (os.POSIX_SPAWN_DUP2, null, 1)])
+    finally:
+        os.close(null)
+    _, status = os.waitpid(pid, 0)
+    if status != 0:
+        raise OSError(errno.EIO, f"{program} -o {options} {root} failed: exit status "
+                                 f"{os.waitstatus_to_exitcode(status)}")
 
 
 def _confine(confine: Confinement) -> None:

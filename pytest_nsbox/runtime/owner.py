@@ -73,13 +73,19 @@ def as_owner(fn: Callable[[], T], what: str, *, before_agent: Callable[[], objec
     except PermissionError:
         if not userns.rootless():
             raise
+    if before_agent is not None:
+        before_agent()
+    return as_agent(fn, what, timeout)
+
+
+def as_agent(fn: Callable[[], T], what: str, timeout: float = TREE_TIMEOUT) -> T:
+    """``fn()`` in the agent (rootless only: ``BoxError`` without one); its exceptions
+    raised here."""
     from .client import agent
 
     found = agent()
     if found is None:
-        raise BoxError(f"{what}: permission denied, and there is no nsbox agent")
-    if before_agent is not None:
-        before_agent()
+        raise BoxError(f"{what}: there is no nsbox agent (the owner is root)")
     try:
         return found.call(fn, what=what, timeout=timeout)
     except TimeoutError as exc:

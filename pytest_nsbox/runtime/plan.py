@@ -312,7 +312,8 @@ def mount_ops(binds: list[Bind], privileged: bool = False, rootless: bool = Fals
 def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds: list[Bind],
                cgroup_procs: list[str], network: str, privileged: bool = False,
                caps: list[int] | None = None, seccomp: bool = True,
-               rootless: bool = False, host_root: HostRoot | None = None) -> BoxPlan:
+               rootless: bool = False, host_root: HostRoot | None = None,
+               overlay_helper: str | None = None) -> BoxPlan:
     """Everything the box's init needs (``protocol.BoxPlan``).
 
     ``caps`` are the capabilities its commands keep (None: all, for ``privileged``);
@@ -320,8 +321,11 @@ def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds
     box runs in its owner's user namespace (overlay with ``userxattr``, the host's device
     nodes: ``overlay_options``, ``mount_ops``); ``host_root``: a rootless box of a ``host``
     image, whose ``/`` layer is ``dirs.host_top`` and overlays of its own
-    (``split_host_root``, written by ``write_host_top``). Raises ``ValueError`` for a layer
-    path overlayfs cannot take (``overlay_options``).
+    (``split_host_root``, written by ``write_host_top``); ``overlay_helper``: the program
+    that mounts the root instead of the kernel (``kernel.userns.overlay_helper``:
+    fuse-overlayfs on kernels before 5.11, which takes the host's ``/`` as a layer as it
+    is). Raises ``ValueError`` for a layer path overlayfs cannot take
+    (``overlay_options``).
     """
     namespaces = ["mnt", "uts", "ipc", "cgroup"]
     if network != "host":
@@ -337,7 +341,9 @@ def build_plan(*, box_id: str, hostname: str, image: Image, dirs: BoxDirs, binds
         namespaces=tuple(namespaces),
         cgroup_procs=tuple(cgroup_procs),
         root=dirs.root,
-        overlay=overlay_options(layers, dirs.upper, dirs.work, userxattr=rootless),
+        overlay=overlay_options(layers, dirs.upper, dirs.work,
+                                userxattr=rootless and overlay_helper is None),
+        overlay_helper=overlay_helper,
         overlay_flags=0 if privileged else libc.MS_NODEV,
         ops=tuple(first + mount_ops(binds, privileged, rootless,
                                     host_network=network == "host")),

@@ -112,7 +112,9 @@ class BoxPlan:
     ``namespaces``: the ones made for it, of ``mnt uts ipc net cgroup`` (no ``net``:
     ``network="host"``); ``cgroup_procs``: ``cgroup.procs`` files it joins; ``root``: the
     overlay's mount point, ``overlay`` its option string and ``overlay_flags`` its
-    ``MS_*`` flags; ``ops``: run in order; ``trace_ops``: one setup mark per op.
+    ``MS_*`` flags; ``overlay_helper``: a program that mounts it instead of the kernel
+    (``fuse-overlayfs``, a rootless fallback); ``ops``: run in order; ``trace_ops``: one
+    setup mark per op.
     """
 
     box_id: str
@@ -125,6 +127,7 @@ class BoxPlan:
     ops: tuple[MountOp, ...]
     trace_ops: bool
     confine: Confinement
+    overlay_helper: str | None = None
 
 
 # -- the messages -----------------------------------------------------------------------
