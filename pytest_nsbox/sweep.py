@@ -36,6 +36,8 @@ from typing import Any
 from .errors import NsboxError
 from .state import StateDirs
 from .kernel.fs import remove_tree, try_flock
+# Rootless, a dead box's layers may hold files of subordinate IDs: its agent deletes them.
+from .runtime.owner import remove_tree_as_owner
 from .kernel import mountinfo
 from .kernel.proc import is_namespace_init, start_time
 from .records import BoxInfo, age_of as _age, scan_boxes
@@ -201,7 +203,7 @@ class _Collector:
         if not ok and not self.dry_run:
             return False  # its directory stays, so the next gc finds the box again
         return self.act(f"box {box.id} ({box.name or '?'}, {why}): {box.path}",
-                        remove_tree, box.path)
+                        remove_tree_as_owner, box.path)
 
     def cgroup(self, name: str, whose: str) -> bool:
         self.seen_cgroups.add(name)
@@ -320,7 +322,7 @@ class _Collector:
         for box in scan_boxes(self.dirs, kept=True):
             if box.state == "kept":
                 self.act(f"kept box {box.id} ({box.name or '?'}): {box.path}",
-                         remove_tree, box.path)
+                         remove_tree_as_owner, box.path)
 
     # mounts
     def mounts(self) -> None:

@@ -77,9 +77,12 @@ class User:
     def leftovers(self) -> list[str]:
         """What a finished run of the user left: processes, box directories, cgroups."""
         found = []
-        ps = subprocess.run(["pgrep", "-a", "-u", str(self.uid)], capture_output=True,
-                            text=True, check=False)
-        found += [f"process {line}" for line in ps.stdout.splitlines()]
+        ps = subprocess.run(["ps", "-u", str(self.uid), "-o", "pid=,stat=,args="],
+                            capture_output=True, text=True, check=False)
+        # A zombie has ended: it waits for its reaper, here the host's PID 1 once its
+        # parent (a killed owner) is gone.
+        found += [f"process {line.strip()}" for line in ps.stdout.splitlines()
+                  if line.split()[1:2] != [] and not line.split()[1].startswith("Z")]
         for run in (Path(f"/dev/shm/nsbox-{self.uid}"), Path(f"/tmp/nsbox-{self.uid}")):
             boxes = run / "boxes"
             if boxes.is_dir():
@@ -391,3 +394,38 @@ def test_the_doctor_probe_works_for_the_user(clean: User) -> None:
          "from pytest_nsbox.kernel import userns; print(userns.probe())", str(REPO)],
         capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout.strip() == "None", done.stderr
+
+
+CRASH = """
+    import os, sys
+    from pytest_nsbox import Box
+
+    box = Box(image="busybox")
+    box.run("mkdir -p /tmp/p/q && touch /tmp/p/q/f && chmod 700 /tmp/p", user="nobody",
+            check=True)
+    print(box.dirs.base, flush=True)
+    os.kill(os.getpid(), 9)
+"""
+
+
+def test_gc_removes_a_crashed_rootless_box(clean: User) -> None:
+    """testcontainers' reaper's job without a daemon (sweep.py): a killed rootless owner's
+    box directory, with files of a subordinate ID (a box user's, which the user may not
+    delete itself), is removed by ``python -m pytest_nsbox gc`` through the agent."""
+    project = clean.project({"crash.py": CRASH})
+    base = {"HOME": str(clean.home), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
+            "XDG_DATA_HOME": str(project / ".data")}
+    env = ["env", "-i", *(f"{k}={v}" for k, v in base.items())]
+    crashed = subprocess.run(["runuser", "-u", clean.name, "--", *env, sys.executable,
+                              "crash.py"], cwd=project, capture_output=True, text=True,
+                             timeout=120, check=False)
+    box_dir = Path(crashed.stdout.strip())
+    assert crashed.returncode == -9 or crashed.returncode == 137, crashed.stderr
+    assert (box_dir / "upper" / "tmp" / "p").is_dir()
+    gc = subprocess.run(["runuser", "-u", clean.name, "--", *env, sys.executable, "-m",
+                         "pytest_nsbox", "gc"], cwd=project, capture_output=True, text=True,
+                        timeout=120, check=False)
+    assert gc.returncode == 0, gc.stdout + gc.stderr
+    assert f"removed box {box_dir.name}" in gc.stdout
+    assert not box_dir.exists()
+    shutil.rmtree(project)
