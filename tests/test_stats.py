@@ -217,8 +217,9 @@ class _Page(HTMLParser):
 
 def test_the_page_is_self_contained_with_a_bar_per_test_and_figure(pytester):
     """``--nsbox-stats=PATH.html``: the table is shown and a page written with an inline
-    SVG chart of peak memory and one of CPU seconds (one bar per test with boxes), no
-    script and nothing loaded from elsewhere; the terminal names the page."""
+    SVG chart of peak memory and one of CPU seconds (one bar per test with boxes) and a
+    chart over time per test, no script and nothing loaded from elsewhere (links only
+    within the page); the terminal names the page."""
     pytester.makepyfile(TESTS)
     pytester.mkdir("out")
     result = pytester.runpytest_subprocess(*ARGS, "--nsbox-stats=out/stats.html", "-n", "2")
@@ -229,10 +230,15 @@ def test_the_page_is_self_contained_with_a_bar_per_test_and_figure(pytester):
     page = _Page()
     page.feed(path.read_text(encoding="utf-8"))
     tags = [tag for tag, _ in page.tags]
-    assert tags.count("svg") == 2
-    assert tags.count("rect") == 8
+    svgs = [attrs.get("class") for tag, attrs in page.tags if tag == "svg"]
+    assert svgs.count(None) == 2  # the bar charts; each test's own chart is tested in
+    assert svgs.count("nsbox-timeline") == 4  # test_stats_pictures.py
+    first_timeline = next(i for i, (tag, attrs) in enumerate(page.tags)
+                          if attrs.get("class") == "nsbox-timeline")
+    assert tags[:first_timeline].count("rect") == 8
     assert "script" not in tags
-    assert not [attrs for _, attrs in page.tags if "src" in attrs or "href" in attrs]
+    assert not [attrs for _, attrs in page.tags if "src" in attrs]
+    assert all(attrs["href"].startswith("#") for _, attrs in page.tags if "href" in attrs)
     text = " ".join(page.text)
     for name in ("test_hog", "test_middle", "test_oom", "test_light"):
         assert f"::{name}" in text
