@@ -646,3 +646,48 @@ def test_isolated_tests_are_on_the_page_written_outside_the_rootdir(pytester, tm
               for tr in dom.find("table").all("tr")[1:]}
     assert set(tested) == {"test_holds_memory", "test_fails"}
     assert float(tested["test_holds_memory"].split()[0]) >= 24
+
+
+@pytest.mark.parametrize("xdist", [(), ("-n", "2")], ids=["one process", "xdist"])
+def test_an_isolated_tests_cgroup_is_sampled_onto_its_report_and_the_page(pytester, tmp_path,
+                                                                          xdist):
+    """``--nsbox-isolate``: the pytest process samples each isolated test's cgroup
+    (``teststats.sampler`` in ``isolate.Worker.run``), so a test that holds 24 MiB for
+    0.3 s and is then killed by the OOM killer at its 32M has one series (the cgroup's
+    limit, the kill marked) on its teardown report, under xdist too; both failed tests
+    are on the page, which is written where asked even outside the rootdir (the
+    isolation worker, a pytest with the same arguments, leaves it alone)."""
+    pytester.makeconftest(DUMP_SERIES)
+    pytester.makepyfile("""
+        import time
+        import pytest
+
+        @pytest.mark.sandbox(memory="32M")
+        def test_hungry():
+            b = b"x" * (24 << 20)
+            time.sleep(0.3)
+            c = b"x" * (64 << 20)
+
+        def test_fails():
+            assert False
+    """)
+    page = tmp_path / "elsewhere" / "stats.html"
+    page.parent.mkdir()
+    result = pytester.runpytest_subprocess(*ARGS, *xdist, "--nsbox-isolate",
+                                           f"--nsbox-stats={page}")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*::test_hungry: exceeded memory=32M*"])
+    series = dumped(pytester.path / "series.jsonl")
+    cgroup, = series["test_hungry"]
+    assert cgroup.name == "isolated test" and cgroup.limit == 32 * MIB
+    assert 20 * MIB <= max(cgroup.memory) <= 32 * MIB
+    assert [kills for _, kills in cgroup.oom_marks()] == [1]
+    assert cgroup.oom_marks()[0][0] >= 0.3
+    assert len(series["test_fails"]) == 1  # every isolated test has its cgroup's series
+    dom = Dom.parse(page.read_text())
+    assert sorted(li.named()[0].split("::")[1] for li in dom.find("ul", "failed-tests").all(
+        "li")) == ["test_fails", "test_hungry"]
+    charts = {s.find("h3").named()[0].split("::")[1]: s
+              for s in dom.all("section", "test-chart")}
+    assert set(charts) == {"test_hungry", "test_fails"}
+    assert len(charts["test_hungry"].all("line", "nsbox-oom")) == 1

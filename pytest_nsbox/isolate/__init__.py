@@ -279,14 +279,18 @@ class Worker:
         """Run ``item`` in a box of the worker; its reports, the box's figures and how its
         process ended. Raises ``WorkerGone`` when the worker ends mid-test (the caller
         reports the test and replaces the worker)."""
+        from .. import teststats
         from ..cgroups.base import Limits
         from ..kernel import caps
         from .messages import ItemDone, Report, RunItem, WarningRecorded, report_data, send
 
         engine = self._engine()
-        cgroup = engine.cgroups.create(f"nsbox-{os.urandom(6).hex()}",
-                                       Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids))
+        # A cgroup of the host's with the test's limits (or, rootless without a delegated
+        # cgroup, a stand-in the engine's ``unavailable_limits`` policy allows).
+        cgroup = engine.box_cgroup(f"nsbox-{os.urandom(6).hex()}",
+                                   Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids))
         outcome = Outcome(item.nodeid)
+        sampler = teststats.sampler(item, cgroup)  # None without --nsbox-stats
         try:
             fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroup.procs_files()]
             keep = None if spec.privileged else caps.resolve(spec.cap_add, spec.cap_drop, False)
@@ -296,7 +300,7 @@ class Worker:
                           network=spec.network != "host", caps=None if keep is None else tuple(keep),
                           seccomp=spec.seccomp, no_new_privs=not spec.privileged,
                           privileged=spec.privileged, env=dict(spec.env), user=spec.user,
-                          cgroup_fds=len(fds))
+                          timeout=hard_timeout, cgroup_fds=len(fds))
             assert self.sock is not None
             start = time.monotonic()
             self.busy = True
@@ -305,19 +309,23 @@ class Worker:
             finally:
                 for fd in fds:
                     os.close(fd)
-            deadline = None if hard_timeout is None else start + hard_timeout
+            # The worker kills the test's box at ``hard_timeout``; past this, the worker
+            # itself is stuck (in a wider fixture): its test's processes are killed here,
+            # and if it still does not answer, it is stopped.
+            deadline = None if hard_timeout is None else start + hard_timeout + KILL_GRACE
             hook = item.config.hook
+            killed = False
             while True:
                 try:
                     reply = self._next(deadline)
                 except TimeoutError:
-                    if outcome.timed_out is not None:  # killed, and still no answer
+                    if killed:
                         self.busy = True
                         raise WorkerGone(
                             f"timed out after {hard_timeout:g} s in the isolation worker, "
                             f"before or after the test's box (a hang in a session, package, "
                             f"module or class fixture?); the worker was stopped") from None
-                    outcome.timed_out = hard_timeout
+                    killed = True
                     cgroup.kill_all()
                     deadline = time.monotonic() + KILL_GRACE
                     continue
@@ -328,12 +336,16 @@ class Worker:
                     _log_warning(item.config, reply)
                 elif isinstance(reply, ItemDone):
                     outcome.done = reply
+                    if reply.timed_out or killed:
+                        outcome.timed_out = hard_timeout
                     self.busy = False
                     break
                 else:
                     raise WorkerGone(f"the isolation worker sent an unexpected {reply.kind!r}")
             outcome.wall = time.monotonic() - start
         finally:
+            if sampler is not None:  # while the cgroup is still there
+                sampler.stop()
             try:
                 outcome.stats = cgroup.stats()
             except Exception:

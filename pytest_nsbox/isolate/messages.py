@@ -72,7 +72,8 @@ class RunItem:
     are kept) in a box: its ``hostname``; its own network namespace unless ``network`` is
     False; ``caps`` the capability numbers it keeps (None: all), ``seccomp``,
     ``no_new_privs``, ``privileged``; ``env`` set over the worker's; ``user`` the test runs
-    as (None: root). Carries ``cgroup_fds`` descriptors."""
+    as (None: root); ``timeout``: seconds after which the worker kills the box (None: no
+    bound). Carries ``cgroup_fds`` descriptors."""
 
     kind: ClassVar[str] = "run-item"
     nodeid: str
@@ -85,6 +86,7 @@ class RunItem:
     privileged: bool
     env: dict[str, str] = field(default_factory=dict)
     user: str | None = None
+    timeout: float | None = None
     cgroup_fds: int = 0
 
     def fds(self) -> int:
@@ -144,7 +146,8 @@ class WarningRecorded:
 @dataclass(frozen=True)
 class ItemDone:
     """The test's box ended. ``status``: the test process's wait status (None: it never
-    ran, ``error`` says why); ``sections``: captured output of the worker's setup and
+    ran, ``error`` says why); ``timed_out``: the worker killed it at the ``timeout``;
+    ``sections``: captured output of the worker's setup and
     teardown of wider scopes, ``(title, text)``; ``teardown``: a serialized teardown report
     when tearing those down failed."""
 
@@ -152,6 +155,7 @@ class ItemDone:
     nodeid: str
     status: int | None
     error: str | None = None
+    timed_out: bool = False
     sections: tuple[tuple[str, str], ...] = ()
     teardown: dict[str, Any] | None = None
 

@@ -40,7 +40,7 @@ from _pytest.outcomes import TEST_OUTCOME
 from _pytest.runner import CallInfo, call_and_report, get_reraise_exceptions
 
 from ..kernel import libc
-from ..kernel.io import read_all
+from ..kernel.io import read_all, readable
 from ..kernel.mountinfo import read as read_mountinfo
 from ..runtime import forkbox
 from ..runtime.protocol import ProtocolError
@@ -196,7 +196,7 @@ class WorkerPlugin:
             if capturing:  # not read here: the test's setup report takes this output
                 capman.suspend_global_capture()
         try:
-            status, error = self.fork_box(msg, fds)
+            status, error, timed_out = self.fork_box(msg, fds)
         finally:
             for fd in fds:
                 _close(fd)
@@ -224,9 +224,10 @@ class WorkerPlugin:
             item._request = False
             item.funcargs = None  # type: ignore[attr-defined]
         send(self.sock, ItemDone(nodeid=msg.nodeid, status=status, error=error,
-                                 sections=tuple(sections), teardown=teardown))
+                                 timed_out=timed_out, sections=tuple(sections),
+                                 teardown=teardown))
 
-    def fork_box(self, msg: RunItem, fds: list[int]) -> tuple[int | None, str | None]:
+    def fork_box(self, msg: RunItem, fds: list[int]) -> tuple[int | None, str | None, bool]:
         """Run the test in a box forked from here: the spare made while the test before it
         ran when it is still good (built the same way, and nothing in the worker changed
         since it was forked), else a new one; then the next test's spare. Returns ``(wait
@@ -234,30 +235,34 @@ class WorkerPlugin:
         box's PID 1 died."""
         key = (msg.network, msg.privileged)
         spare, self.spare = self.spare, None
+        box = None
         if spare is not None and spare.key == key and spare.generation == self.generation:
-            box = spare
             try:
-                send(box.ctl, msg, fds)  # type: ignore[arg-type]
-            except OSError as exc:
-                self._discard(box)
-                return None, f"the test's box was gone before its test: {exc}"
-            box.ctl.close()  # type: ignore[union-attr]
-        else:
-            if spare is not None:
+                send(spare.ctl, msg, fds)  # type: ignore[arg-type]
+                spare.ctl.close()  # type: ignore[union-attr]
+                box = spare
+            except OSError:  # it died building: its error comes again from a new box
                 self._discard(spare)
+        elif spare is not None:
+            self._discard(spare)
+        if box is None:
             box = self._fork(key, msg, fds)
         if self.spares:
             self.spare = self._fork(key, None, [])
         try:
+            timed_out = not _wait_exit(box.pid, msg.timeout)
+            if timed_out:
+                os.kill(box.pid, signal.SIGKILL)
             _, pid1_status = os.waitpid(box.pid, 0)
             data = read_all(box.status)
         finally:
             os.close(box.status)
         if data[:1] == b"S":
-            return forkbox.decode_status(data[1:]), None
+            return forkbox.decode_status(data[1:]), None, timed_out
         if data[:1] == b"E":
-            return None, data[1:].decode(errors="replace")
-        return None, f"the test's box ended before its test did ({_describe(pid1_status)})"
+            return None, data[1:].decode(errors="replace"), timed_out
+        return (None, f"the test's box ended before its test did ({_describe(pid1_status)})",
+                timed_out)
 
     def _fork(self, key: tuple[bool, bool], msg: RunItem | None, fds: list[int]) -> _Forked:
         """Fork a box's PID 1: for ``msg`` (its test), or a spare (None) that builds its
@@ -453,6 +458,19 @@ def _collect_errors(session: pytest.Session) -> list[str]:
         return []
     return [str(rep.longrepr) for rep in reporter.stats.get("error", [])
             if not isinstance(rep, pytest.TestReport)]
+
+
+def _wait_exit(pid: int, timeout: float | None) -> bool:
+    """Wait for child ``pid`` to end (not reaping it); False when ``timeout`` seconds pass
+    first. Through a pidfd and poll(2), never a signal handler in the worker."""
+    if timeout is None:
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+        return True
+    fd = os.pidfd_open(pid)
+    try:
+        return bool(readable([fd], timeout))
+    finally:
+        os.close(fd)
 
 
 def _oom_protect() -> None:

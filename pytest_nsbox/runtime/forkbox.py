@@ -30,7 +30,7 @@ from __future__ import annotations
 import os
 import signal
 import struct
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ..kernel import caps, libc, seccomp
@@ -66,13 +66,16 @@ class ChildMount:
 
 
 def child_mounts(entries: Iterable[MountEntry], skip: Iterable[str] = (),
-                 binds: Iterable[str] = ()) -> tuple[ChildMount, ...]:
+                 binds: Iterable[str] = (),
+                 is_dir: Callable[[str], bool] = os.path.isdir) -> tuple[ChildMount, ...]:
     """What the test's root is made of, from the worker's mountinfo: the mount visible at
     each point (the last one mounted there), parents first; ``skip`` are points the test
     does not get (the worker's own scratch space); ``binds`` are points the user bound
     (``binds=``), bound into the test's root as they are (a writable one stays writable,
-    not copy-on-write). ``/dev/shm`` is a new tmpfs (it is the IPC namespace's POSIX
-    shared memory)."""
+    not copy-on-write), as is a writable file bound on its own (an overlay is mounted on
+    a directory only); devices bound one by one under ``/dev`` (a rootless box's) come with
+    ``/dev``'s recursive bind. ``/dev/shm`` is a new tmpfs (it is the IPC namespace's
+    POSIX shared memory). ``is_dir`` says whether a point is a directory."""
     user_binds = set(binds)
     visible: dict[str, MountEntry] = {}
     for entry in entries:
@@ -83,16 +86,19 @@ def child_mounts(entries: Iterable[MountEntry], skip: Iterable[str] = (),
     for point, entry in visible.items():
         if any(point == s or point.startswith(s.rstrip("/") + "/") for s in skipped):
             continue
+        under_dev = point.startswith("/dev/")
         if point == "/":
             out.append(ChildMount("/", COW, entry.fstype))
         elif entry.fstype in _FRESH or point == "/dev/shm":
             out.append(ChildMount(point, FRESH, entry.fstype))
         elif point == "/dev":
             out.append(ChildMount(point, DEV, entry.fstype))
+        elif under_dev:
+            continue  # a device bound on its own (rootless): in /dev's recursive bind
         elif "ro" in entry.options:
             out.append(ChildMount(point, BIND_RO, entry.fstype))
-        elif point in user_binds:
-            out.append(ChildMount(point, BIND_RW, entry.fstype))
+        elif point in user_binds or not is_dir(point):
+            out.append(ChildMount(point, BIND_RW, entry.fstype))  # overlayfs takes no file
         else:
             out.append(ChildMount(point, COW, entry.fstype))
     out.sort(key=lambda m: (m.point != "/", m.point.count("/"), m.point))

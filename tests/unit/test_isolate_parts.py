@@ -189,3 +189,23 @@ def test_ini_defaults_cover_every_marker_key_but_name() -> None:
     from pytest_nsbox.plugin import INI_DEFAULT_KEYS
 
     assert set(INI_DEFAULT_KEYS) == set(KEYS) - {"name"}
+
+
+ROOTLESS_WORKER_MOUNTINFO = """\
+90 42 0:41 / / rw,relatime - overlay overlay rw,userxattr
+92 90 0:45 / /dev rw,nosuid - tmpfs tmpfs rw,mode=755
+93 92 0:5 /null /dev/null rw,nosuid - devtmpfs udev rw
+94 92 0:5 /full /dev/full rw,nosuid - devtmpfs udev rw
+95 90 254:0 /etc/resolv.conf /etc/resolv.conf rw - ext4 /dev/vda rw
+"""
+
+
+def test_devices_and_files_bound_one_by_one() -> None:
+    """A rootless worker's /dev holds devices bound one by one (a user namespace may not
+    mknod; bubblewrap's ``--dev`` binds them the same way): they come with /dev's
+    recursive bind. A file bound on its own stays a bind: overlayfs mounts only on a
+    directory."""
+    mounts = child_mounts(parse(ROOTLESS_WORKER_MOUNTINFO),
+                          is_dir=lambda p: not p.endswith(".conf"))
+    assert {m.point: m.how for m in mounts} == {"/": COW, "/dev": DEV,
+                                                "/etc/resolv.conf": BIND_RW}
