@@ -139,7 +139,7 @@ def test_the_test_box_from_the_workers_mounts() -> None:
     worker's own scratch and channel are not there."""
     mounts = child_mounts(parse(WORKER_MOUNTINFO), skip=("/run/nsbox-worker",
                                                          "/run/nsbox-isolate"),
-                          binds=("/data",))
+                          binds=("/data",), is_dir=lambda p: True)
     got = {m.point: m.how for m in mounts}
     assert got == {"/": COW, "/proc": FRESH, "/dev": DEV, "/dev/pts": FRESH,
                    "/dev/shm": FRESH, "/dev/mqueue": FRESH, "/sys": FRESH,
