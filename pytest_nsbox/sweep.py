@@ -31,13 +31,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 from .errors import NsboxError
 from .state import StateDirs
 from .kernel.fs import remove_tree, try_flock
-# Rootless, a dead box's layers may hold files of subordinate IDs: its agent deletes them.
-from .runtime.owner import remove_tree_as_owner
+from .runtime.owner import as_owner
 from .kernel import mountinfo
 from .kernel.proc import is_namespace_init, start_time
 from .records import BoxInfo, age_of as _age, scan_boxes
@@ -72,6 +72,12 @@ class GcIncomplete(NsboxError):
         self.removed = removed
         self.problems = problems
         super().__init__("; ".join(problems))
+
+
+def _remove_layers(path: str) -> None:
+    """``remove_tree(path)`` of a box directory; rootless, what a box's non-root users
+    wrote (files of subordinate IDs) is deleted by the agent (``runtime.owner.as_owner``)."""
+    as_owner(partial(remove_tree, path), f"removing {path}")
 
 
 # -- owners ------------------------------------------------------------------------------------
@@ -203,7 +209,7 @@ class _Collector:
         if not ok and not self.dry_run:
             return False  # its directory stays, so the next gc finds the box again
         return self.act(f"box {box.id} ({box.name or '?'}, {why}): {box.path}",
-                        remove_tree_as_owner, box.path)
+                        _remove_layers, box.path)
 
     def cgroup(self, name: str, whose: str) -> bool:
         self.seen_cgroups.add(name)
@@ -322,7 +328,7 @@ class _Collector:
         for box in scan_boxes(self.dirs, kept=True):
             if box.state == "kept":
                 self.act(f"kept box {box.id} ({box.name or '?'}): {box.path}",
-                         remove_tree_as_owner, box.path)
+                         _remove_layers, box.path)
 
     # mounts
     def mounts(self) -> None:

@@ -106,6 +106,11 @@ class Engine:
     _owner_path: str = field(default="", repr=False)
     _owner_pid: int = field(default=0, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.cgroup_parent is None and userns.rootless():
+            # where gc looks too (plugin: collect_at_session_start(dirs, cgroup_parent))
+            self.cgroup_parent = delegated_parent()
+
     def owner_lock(self) -> str:
         """A file this process holds an exclusive flock on for as long as it lives.
 
@@ -116,6 +121,7 @@ class Engine:
         """
         with self._lock:
             if self._owner_fd < 0 or self._owner_pid != os.getpid():
+                self.dirs.ensure_run()
                 owners = os.path.join(self.dirs.run, "owners")
                 os.makedirs(owners, 0o700, exist_ok=True)
                 path = os.path.join(owners, f"{os.getpid()}-{secrets.token_hex(4)}.lock")
@@ -163,10 +169,7 @@ class Engine:
 
         with self._lock:
             if self._cgroups is None:
-                parent = self.cgroup_parent
-                if parent is None and userns.rootless():
-                    parent = delegated_parent()
-                self._cgroups = detect(parent=parent)
+                self._cgroups = detect(parent=self.cgroup_parent)
             return self._cgroups
 
     def box_cgroup(self, name: str, limits: Limits) -> Any:
