@@ -18,8 +18,9 @@ from ..errors import ImageError
 
 #: How many symlinks one path may go through (Linux's ``MAXSYMLINKS``, namei.c).
 MAX_SYMLINK_HOPS = 40
-#: The attribute an opaque directory carries (``user.`` on a userxattr mount).
-OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque")
+#: The attribute an opaque directory carries (``user.`` on a userxattr mount;
+#: ``user.fuseoverlayfs.`` in an upper directory of fuse-overlayfs, a rootless fallback).
+OPAQUE_XATTRS = ("trusted.overlay.opaque", "user.overlay.opaque", "user.fuseoverlayfs.opaque")
 
 
 def is_whiteout(st: os.stat_result) -> bool:
