@@ -44,10 +44,12 @@ class User:
     gid: int
     home: Path
     subuid: int
+    made: list[Path]
 
     def project(self, files: dict[str, str], ini: str = "") -> Path:
         """A project directory the user owns, holding ``files`` and a pytest.ini."""
         top = Path(tempfile.mkdtemp(prefix="rootless-", dir=self.home))
+        self.made.append(top)  # removed by the ``clean`` fixture
         (top / "pytest.ini").write_text("[pytest]\n" + textwrap.dedent(ini))
         for name, text in files.items():
             path = top / name
@@ -121,7 +123,7 @@ def user() -> Iterator[User]:
         _reachable(path, changed)
     start = userns.subordinate_ranges(userns.SUBUID, USER, entry.pw_uid)[0][0]
     try:
-        yield User(USER, entry.pw_uid, entry.pw_gid, home, start)
+        yield User(USER, entry.pw_uid, entry.pw_gid, home, start, [])
     finally:
         for path, mode in reversed(changed):
             os.chmod(path, mode)
@@ -129,10 +131,14 @@ def user() -> Iterator[User]:
 
 @pytest.fixture
 def clean(user: User) -> Iterator[User]:
-    """``user``, checked to leave nothing behind."""
+    """``user``, checked to leave nothing behind; the projects a test made are removed."""
     assert user.leftovers() == [], "the user's runs before this test left something"
-    yield user
-    assert user.leftovers() == []
+    try:
+        yield user
+        assert user.leftovers() == []
+    finally:
+        while user.made:
+            shutil.rmtree(user.made.pop(), ignore_errors=True)
 
 
 def outcomes(done: subprocess.CompletedProcess[str]) -> pytest.LineMatcher:
@@ -221,7 +227,6 @@ def test_boxes_as_a_normal_user(clean: User) -> None:
                if os.lstat(p).st_uid != clean.uid]
     assert foreign == [], "files of the rootless run that do not belong to its user"
     assert (project / ".pytest_cache").is_dir()
-    shutil.rmtree(project)
 
 
 def userns_cgroup_version() -> int:
@@ -269,7 +274,6 @@ def test_unavailable_limits_policy(clean: User, policy: str, outcome: str, line:
     lines = outcomes(clean.pytest(project))
     lines.fnmatch_lines([outcome])
     lines.fnmatch_lines([line])
-    shutil.rmtree(project)
 
 
 @pytest.fixture
@@ -324,7 +328,6 @@ def test_limits_from_a_cgroup_delegated_to_the_user(
                             ini=f"nsbox_cgroup_parent = {parent}\n" if parent else "")
     done = clean.pytest(project, prefix=prefix)
     outcomes(done).fnmatch_lines(["*1 passed*"])
-    shutil.rmtree(project)
 
 
 SINGLE = """
@@ -350,7 +353,6 @@ def test_a_single_id_map_without_subordinate_ids(clean: User) -> None:
     project = clean.project({"test_single.py": SINGLE})
     outcomes(clean.pytest(project, env={"NSBOX_USERNS": "single"})).fnmatch_lines(
         ["*1 passed*"])
-    shutil.rmtree(project)
 
 
 FUSE = """
@@ -382,7 +384,6 @@ def test_fuse_overlayfs_where_the_kernel_cannot_mount_overlayfs(clean: User) -> 
     project = clean.project({"test_fuse.py": FUSE})
     outcomes(clean.pytest(project, env={"NSBOX_OVERLAY": "fuse-overlayfs"})).fnmatch_lines(
         ["*2 passed*"])
-    shutil.rmtree(project)
 
 
 def test_the_doctor_probe_works_for_the_user(clean: User) -> None:
@@ -428,4 +429,3 @@ def test_gc_removes_a_crashed_rootless_box(clean: User) -> None:
     assert gc.returncode == 0, gc.stdout + gc.stderr
     assert f"removed box {box_dir.name}" in gc.stdout
     assert not box_dir.exists()
-    shutil.rmtree(project)
