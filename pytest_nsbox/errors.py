@@ -91,6 +91,23 @@ class CgroupError(NsboxError):
     """A cgroup could not be created, limited, read or removed."""
 
 
+class LimitUnavailable(CgroupError):
+    """A box asks for a limit this host cannot apply (a missing controller; rootless
+    without a delegated cgroup). ``policy`` is ini ``nsbox_unavailable_limits``
+    (``fail`` or ``skip``): what the plugin makes of it for the test."""
+
+    #: The values of ini ``nsbox_unavailable_limits`` (CONTRACT.md), the default first.
+    POLICIES = ("fail", "skip", "warn")
+
+    def __init__(self, message: str, policy: str = "fail") -> None:
+        super().__init__(message)
+        self.policy = policy
+
+
+class LimitsNotApplied(UserWarning):
+    """A box runs without a limit it asked for (``nsbox_unavailable_limits = warn``)."""
+
+
 class ImageError(NsboxError):
     """An image reference is unknown, or an image could not be built or loaded."""
 
