@@ -42,11 +42,16 @@ RENAMED_INI = {"nsbox_state_dir": "nsbox_store_dir"}
 HELP_RUN = ("directory of running boxes' layers (default /dev/shm/nsbox when /dev/shm is "
             "tmpfs, else /run/nsbox, or $NSBOX_RUN)")
 HELP_CGROUP = "cgroup (relative to the hierarchy root) to create box cgroups under"
+HELP_UNAVAILABLE = ("what a test gets whose box asks for a limit this host cannot apply "
+                    "(e.g. rootless without a delegated cgroup): fail (default), skip, or "
+                    "warn (the box runs without it)")
 HELP_IMAGES_DIR = "folder of fixtures images (NAME/Containerfile), relative to rootdir"
 HELP_ISOLATE = ("run every collected test body inside its own box (marker keys still apply; "
                 "needs the 'host' image)")
 HELP_POOL = ("warm pool: prepare up to N boxes for the next tests while the current one runs "
              "(default 0: off)")
+HELP_IMAGE_CACHE = ("shared build cache, REGISTRY/REPO: Containerfile steps are looked up "
+                    "there before they are built and pushed there after")
 HELP_BUILD_ARG = ("ARG value for Containerfile builds: KEY=VALUE (KEY alone takes its value "
                   "from the environment); repeatable, over ini nsbox_build_args")
 #: ini defaults for marker keys, ``nsbox_<key>``: every key but ``name`` (one name for
@@ -67,6 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--nsbox-isolate", action="store_true", default=False, help=HELP_ISOLATE)
     group.addoption("--nsbox-build-arg", action="append", default=[], metavar="KEY=VALUE",
                     help=HELP_BUILD_ARG)
+    group.addoption("--nsbox-image-cache", default=None, metavar="REGISTRY/REPO",
+                    help=HELP_IMAGE_CACHE + " (over ini nsbox_image_cache)")
+    parser.addini("nsbox_image_cache", HELP_IMAGE_CACHE, default="")
     parser.addini("nsbox_build_args", HELP_BUILD_ARG + " (one KEY=VALUE per line)",
                   type="linelist", default=[])
     parser.addini("nsbox_require", HELP_REQUIRE, type="bool", default=False)
@@ -76,6 +84,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         parser.addini(old, f"deprecated name of {new}", default="")
     parser.addini("nsbox_run_dir", HELP_RUN, default="")
     parser.addini("nsbox_cgroup_parent", HELP_CGROUP, default="")
+    parser.addini("nsbox_unavailable_limits", HELP_UNAVAILABLE, default="fail")
     parser.addini("nsbox_images_dir", HELP_IMAGES_DIR, default="fixtures_images")
     parser.addini("nsbox_pool", HELP_POOL, default="0")
     parser.addini("nsbox_insecure_registries", "registries (host:port) pulled from over plain "
@@ -127,6 +136,13 @@ class NsboxSession:
         self.keep = keep
         cli = config.getoption("nsbox_require")
         self.require = bool(cli) if cli is not None else bool(config.getini("nsbox_require"))
+        from .errors import LimitUnavailable
+
+        self.unavailable_limits = str(config.getini("nsbox_unavailable_limits")).strip().lower()
+        if self.unavailable_limits not in LimitUnavailable.POLICIES:
+            raise pytest.UsageError(
+                f"ini nsbox_unavailable_limits={self.unavailable_limits!r}: use one of "
+                f"{', '.join(LimitUnavailable.POLICIES)}")
         self.defaults = {key: config.getini(f"nsbox_{key}") for key in INI_DEFAULT_KEYS
                          if config.getini(f"nsbox_{key}")}
         self.isolate_all = bool(config.getoption("nsbox_isolate")) or str(
@@ -139,6 +155,7 @@ class NsboxSession:
                                     f"use e.g. nsbox_pool = 2")
         self.pool_size = int(pool)
         self.build_args = self._build_args()
+        self.image_cache = self._image_cache()
         self._pool: Any = None
         self.positions: dict[str, int] = {}
         self.items: list[pytest.Item] = []
@@ -161,6 +178,23 @@ class NsboxSession:
         except ImageError as exc:
             problem = str(exc)
         raise pytest.UsageError(problem)
+
+    def _image_cache(self) -> str | None:
+        """``--nsbox-image-cache`` over ini ``nsbox_image_cache``, checked now: a value
+        that is not ``REGISTRY/REPO`` is a usage error naming its source."""
+        option = self.config.getoption("nsbox_image_cache")
+        value = option if option is not None else self.config.getini("nsbox_image_cache")
+        if not value:
+            return None
+        from .build.cache import repository
+        from .errors import ImageError
+
+        try:
+            repository(value, "--nsbox-image-cache" if option is not None else
+                       "ini nsbox_image_cache")
+        except ImageError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        return str(value).strip()
 
     def register(self, hooks: type[PT]) -> PT:
         """Add one kind of per-test hooks to this session (once); returns it."""
@@ -193,13 +227,15 @@ class NsboxSession:
             dirs = StateDirs.default(store=store_dir or None,
                                      run=ini("nsbox_run_dir") or None)
             self._engine = engine_mod.Engine(dirs=dirs, rootdir=str(self.config.rootpath),
-                                             cgroup_parent=ini("nsbox_cgroup_parent") or None)
+                                             cgroup_parent=ini("nsbox_cgroup_parent") or None,
+                                             unavailable_limits=self.unavailable_limits)
             store = self._engine.store
             store.images_dir = str(self.config.rootpath / (ini("nsbox_images_dir")
                                                            or "fixtures_images"))
             store.rootdir = str(self.config.rootpath)
             store.insecure_registries = list(ini("nsbox_insecure_registries"))
             store.build_args = dict(self.build_args)
+            store.image_cache = self.image_cache
             reporter = self.config.pluginmanager.get_plugin("terminalreporter")
             store.progress = reporter.write_line if reporter is not None else None
             hook = self.config.hook
@@ -251,10 +287,17 @@ class NsboxSession:
         _use_item_location=True)``, which ``_pytest/reports.py``
         ``TestReport.from_item_and_call`` turns into the item's location); a bad spec, a
         broken image and a box asked for inside an isolated box fail it with one line
-        naming the test; anything else (a box that failed to start, a ``TeardownError``)
-        is raised as it is, with its traceback."""
-        from .errors import HostNotSupported, ImageError, NestedBoxError, SpecError
+        naming the test; a limit the host cannot apply fails or skips it as ini
+        ``nsbox_unavailable_limits`` says (``LimitUnavailable.policy``); anything else (a
+        box that failed to start, a ``TeardownError``) is raised as it is, with its
+        traceback."""
+        from .errors import (HostNotSupported, ImageError, LimitUnavailable, NestedBoxError,
+                             SpecError)
 
+        if isinstance(error, LimitUnavailable) and error.policy == "skip":
+            raise pytest.skip.Exception(f"nsbox: {error}", _use_item_location=True)
+        if isinstance(error, LimitUnavailable):
+            _fail(f"{item.nodeid}: {error}")
         if isinstance(error, HostNotSupported):
             reason = f"nsbox: {error}"
             if self.require:
