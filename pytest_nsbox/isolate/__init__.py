@@ -285,14 +285,19 @@ class Worker:
         from .messages import ItemDone, Report, RunItem, WarningRecorded, report_data, send
 
         engine = self._engine()
+        limits = Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids)
         # A cgroup of the host's with the test's limits (or, rootless without a delegated
-        # cgroup, a stand-in the engine's ``unavailable_limits`` policy allows).
-        cgroup = engine.box_cgroup(f"nsbox-{os.urandom(6).hex()}",
-                                   Limits(memory=spec.memory, cpus=spec.cpus, pids=spec.pids))
+        # cgroup, a stand-in the engine's ``unavailable_limits`` policy allows). A test
+        # with no limit, run without --nsbox-stats, needs none: its box's PID namespace
+        # holds its processes, and the worker kills them at its timeout.
+        measured = item.config.getoption("nsbox_stats", None) is not None
+        cgroup: Any = (engine.box_cgroup(f"nsbox-{os.urandom(6).hex()}", limits)
+                       if limits.requested() or measured else None)
         outcome = Outcome(item.nodeid)
-        sampler = teststats.sampler(item, cgroup)  # None without --nsbox-stats
+        sampler = teststats.sampler(item, cgroup) if cgroup is not None else None
         try:
-            fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in cgroup.procs_files()]
+            fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+                   for path in (cgroup.procs_files() if cgroup is not None else ())]
             keep = None if spec.privileged else caps.resolve(spec.cap_add, spec.cap_drop, False)
             msg = RunItem(nodeid=item.nodeid,
                           next_nodeid=nextitem.nodeid if nextitem is not None else None,
@@ -326,7 +331,8 @@ class Worker:
                             f"before or after the test's box (a hang in a session, package, "
                             f"module or class fixture?); the worker was stopped") from None
                     killed = True
-                    cgroup.kill_all()
+                    if cgroup is not None:
+                        cgroup.kill_all()
                     deadline = time.monotonic() + KILL_GRACE
                     continue
                 if isinstance(reply, Report):
@@ -346,11 +352,12 @@ class Worker:
         finally:
             if sampler is not None:  # while the cgroup is still there
                 sampler.stop()
-            try:
-                outcome.stats = cgroup.stats()
-            except Exception:
-                outcome.stats = None
-            cgroup.destroy()
+            if cgroup is not None:
+                try:
+                    outcome.stats = cgroup.stats()
+                except Exception:
+                    outcome.stats = None
+                cgroup.destroy()
         return outcome
 
 
