@@ -31,6 +31,7 @@ from .suite import NOBOX_TESTS, SuiteFailed, Suites, mean_or_none, median_or_non
 IMAGES = (("10 MB", 10 << 20), ("1 GB", 1 << 30))
 QUICK_IMAGES = (("10 MB", 10 << 20), ("100 MB", 100 << 20))  # no GB of writes in ci/test
 WARMUP = 2
+SEEN_SHOWN = 8  # other test runs named in the load line (the rest are counted)
 NO_BOX_FIGURE = "session with no boxes: the plugin against `-p no:nsbox`"
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -192,8 +193,10 @@ class LoadWatch:
         def share(seconds: float) -> str:
             return f"{max(0.0, seconds) / (wall * cpus) * 100:.0f}%"
 
+        seen = sorted(set(self.seen.values()))
+        more = f" and {len(seen) - SEEN_SHOWN} more" if len(seen) > SEEN_SHOWN else ""
         runs = "; other test runs seen: " + (", ".join(
-            f"`{c}`" for c in sorted(set(self.seen.values()))) if self.seen else "none")
+            f"`{c}`" for c in seen[:SEEN_SHOWN]) + more if seen else "none")
         return (f"load average before {self.before[0]:.2f} {self.before[1]:.2f} "
                 f"{self.before[2]:.2f}; highest 1-min during the run {self.peak:.2f} (the "
                 f"bench's own processes count); after {after[0]:.2f} {after[1]:.2f} "
