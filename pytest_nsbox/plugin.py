@@ -486,6 +486,9 @@ class _Isolation(_PerTest):
         from . import isolate
 
         self.workers: dict[isolate.WorkerKey, isolate.Worker] = {}
+        #: Workers that ended before they were ready: why (their tests fail with it,
+        #: no new worker is started for each of them).
+        self.broken: dict[isolate.WorkerKey, str] = {}
         self.problems: list[str] = []
         self.timeouts: dict[str, float | None] = {}
 
@@ -528,6 +531,8 @@ class _Isolation(_PerTest):
             hook.pytest_nsbox_box_spec(spec=spec, item=item)
             spec = spec.validate()
             key = isolate.WorkerKey.of(spec)
+            if key in self.broken:
+                raise isolate.WorkerGone(self.broken[key])
             worker = self.workers.get(key)
             if worker is None or not worker.alive:
                 if worker is not None:
@@ -535,7 +540,11 @@ class _Isolation(_PerTest):
                 worker = isolate.Worker(item.config, lambda: settings.engine, key,
                                         lambda s: _worker_box(settings, s))
                 self.workers[key] = worker
-                worker.start()
+                try:
+                    worker.start()
+                except isolate.WorkerGone as exc:
+                    self.broken[key] = str(exc)
+                    raise
             pytest_timeout = self.timeouts.get(item.nodeid)
             hard = spec.timeout if spec.timeout is not None else (
                 pytest_timeout + isolate.TIMEOUT_GRACE if pytest_timeout else None)

@@ -503,3 +503,43 @@ def test_the_marker_user_runs_the_test(pytester: pytest.Pytester) -> None:
     result.assert_outcomes(passed=2, errors=1)
     result.stdout.fnmatch_lines(["*test_unknown: nsbox isolate: unable to find user "
                                  "no-such-user-here*"])
+
+
+def test_subtests_count_as_in_a_plain_run(pytester: pytest.Pytester) -> None:
+    """Reports a plugin logs itself during the test (pytest's ``subtests`` fixture and
+    unittest ``subTest``) reach the pytest process, as pytest-xdist's worker sends every
+    logged report, and a test that "contains failed subtests" fails as in a plain run."""
+    pytester.makepyfile(test_sub="""
+        import unittest
+
+        class T(unittest.TestCase):
+            def test_sub(self):
+                for i in range(3):
+                    with self.subTest(i=i):
+                        self.assertNotEqual(i, 1)
+
+        def test_fixture(subtests):
+            for i in range(3):
+                with subtests.test(i=i):
+                    assert i != 2
+    """)
+    plain = pytester.runpytest_subprocess(*ARGS)
+    isolated = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    assert isolated.parseoutcomes() == plain.parseoutcomes()
+
+
+def test_a_writable_bind_inside_the_project_reaches_the_host(pytester: pytest.Pytester) -> None:
+    """The worker's copy-on-write layer over the project folder does not hide a user's
+    writable bind inside it (``nsbox_binds``): a test's write through it is on the host."""
+    out = pytester.path / "out"
+    out.mkdir()
+    pytester.makepyfile(test_bind="""
+        import pathlib
+
+        def test_write():
+            (pathlib.Path(__file__).parent / "out" / "written.txt").write_text("x")
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", "-o",
+                                           f"nsbox_binds={out}:{out}:rw", *ARGS)
+    result.assert_outcomes(passed=1)
+    assert (out / "written.txt").read_text() == "x"

@@ -130,7 +130,8 @@ class Worker:
         try:
             listener.bind(os.path.join(self.dir, "sock"))
             listener.listen(1)
-            binds = {self.dir: CHANNEL_DIR}
+            binds = {p: f"{p}:ro" for p in self._hidden_sys_path()}
+            binds[self.dir] = CHANNEL_DIR
             binds.update({src: f"{dst}:{'ro' if ro else 'rw'}"
                           for src, dst, ro in self.key.binds})
             spec = BoxSpec.from_kwargs(
@@ -193,6 +194,29 @@ class Worker:
         if self.config.pluginmanager.has_plugin("xdist"):
             args += ["-n", "0"]
         return args
+
+    def _hidden_sys_path(self) -> list[str]:
+        """Folders on this process's ``sys.path`` (a ``PYTHONPATH`` entry, a plugin's
+        folder) that the ``host`` image does not show: bound read-only into the worker's
+        box, so its pytest imports what this one does (``plan.host_binds`` binds the
+        project and this Python already)."""
+        if self.key.image != "host":
+            return []
+        from ..images import builtin
+        from ..runtime.plan import host_binds
+
+        _key, masked = builtin.host_mask_key("/")
+        bound = [b.source for b in host_binds(str(self.config.rootpath))]
+        out: list[str] = []
+        for entry in sys.path:
+            path = os.path.realpath(entry) if entry else ""
+            if (not path or path == "/" or not os.path.isdir(path)
+                    or builtin.host_shows(path, masked)
+                    or any(path == b or path.startswith(b.rstrip("/") + "/")
+                           for b in [*bound, *out])):
+                continue
+            out.append(path)
+        return out
 
     def _cow(self) -> list[str]:
         """Folders a ``host`` image box shows read-only that tests may write to without
@@ -336,8 +360,9 @@ class Worker:
                     deadline = time.monotonic() + KILL_GRACE
                     continue
                 if isinstance(reply, Report):
-                    outcome.reports.append(hook.pytest_report_from_serializable(
-                        config=item.config, data=report_data(reply.data)))
+                    report = hook.pytest_report_from_serializable(
+                        config=item.config, data=report_data(reply.data))
+                    (outcome.logged if reply.logged else outcome.reports).append(report)
                 elif isinstance(reply, WarningRecorded):
                     _log_warning(item.config, reply)
                 elif isinstance(reply, ItemDone):
@@ -368,6 +393,8 @@ class Outcome:
     def __init__(self, nodeid: str) -> None:
         self.nodeid = nodeid
         self.reports: list[pytest.TestReport] = []
+        #: Reports plugins logged during the test (subtests), in their order.
+        self.logged: list[pytest.TestReport] = []
         self.done: Any = None
         self.timed_out: float | None = None
         self.stats: Any = None
@@ -465,7 +492,10 @@ def finish_reports(item: pytest.Item, outcome: Outcome, spec: BoxSpec,
         teardown.sections.extend(tuple(s) for s in done.sections)
     teardown.user_properties.extend(properties)
     reports["teardown"] = teardown
-    return [reports[w] for w in _PHASES if w in reports]
+    ordered = [reports[w] for w in _PHASES if w in reports]
+    # Logged during the call, before its report, as they are without isolation.
+    at = 1 if ordered and ordered[0].when == "setup" else 0
+    return ordered[:at] + list(outcome.logged) + ordered[at:]
 
 
 _PHASES: tuple[Literal["setup", "call", "teardown"], ...] = ("setup", "call", "teardown")

@@ -115,10 +115,12 @@ class Ready:
 
 @dataclass(frozen=True)
 class Report:
-    """One ``TestReport``, serialized (``pytest_report_to_serializable``)."""
+    """One ``TestReport``, serialized (``pytest_report_to_serializable``); ``logged``: a
+    report a plugin logged itself during the test (a subtest's), not a phase's."""
 
     kind: ClassVar[str] = "report"
     data: dict[str, Any]
+    logged: bool = False
 
     def fds(self) -> int:
         return 0

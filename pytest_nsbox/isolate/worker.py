@@ -37,7 +37,7 @@ from typing import Any, NoReturn
 
 import pytest
 from _pytest.outcomes import TEST_OUTCOME
-from _pytest.runner import CallInfo, call_and_report, get_reraise_exceptions
+from _pytest.runner import CallInfo, call_and_report
 
 from ..kernel import libc
 from ..kernel.io import read_all, readable
@@ -205,7 +205,7 @@ class WorkerPlugin:
             capman.resume_global_capture()
         before = (tuple(state.stack), self.setups)
         call = CallInfo.from_call(lambda: state.teardown_exact(nextitem),
-                                  when="teardown", reraise=get_reraise_exceptions(item.config))
+                                  when="teardown", reraise=_reraise(item.config))
         if (tuple(state.stack), self.setups) != before:
             self.generation += 1
         sections: list[tuple[str, str]] = []
@@ -398,8 +398,21 @@ class WorkerPlugin:
         return report
 
     def _send(self, item: pytest.Item, report: pytest.TestReport) -> None:
+        """Send a phase's report. Its status is asked for here first: a plugin may settle
+        the outcome there from what it counted in this box (pytest's ``subtests`` fails a
+        test that "contains N failed subtests")."""
+        item.config.hook.pytest_report_teststatus(report=report, config=item.config)
         data = item.config.hook.pytest_report_to_serializable(config=item.config, report=report)
         send(self.sock, Report(data=data))
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        """A report a plugin logs itself in the test's box (a subtest's, pytest's
+        ``subtests`` fixture and unittest ``subTest``): sent to be logged by the pytest
+        process too, as pytest-xdist's worker sends every logged report."""
+        if self.in_box and self.config is not None:
+            data = self.config.hook.pytest_report_to_serializable(config=self.config,
+                                                                  report=report)
+            send(self.sock, Report(data=data, logged=True))
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_fixture_setup(self) -> None:
@@ -460,6 +473,15 @@ def _collect_errors(session: pytest.Session) -> list[str]:
             if not isinstance(rep, pytest.TestReport)]
 
 
+def _reraise(config: pytest.Config) -> tuple[type[BaseException], ...]:
+    """What a phase lets through instead of reporting (``_pytest.runner``'s
+    ``get_reraise_exceptions``, which pytest 8 does not have): ``pytest.exit``, and
+    KeyboardInterrupt unless ``--pdb``."""
+    if config.getoption("usepdb", False):
+        return (pytest.exit.Exception,)
+    return (pytest.exit.Exception, KeyboardInterrupt)
+
+
 def _wait_exit(pid: int, timeout: float | None) -> bool:
     """Wait for child ``pid`` to end (not reaping it); False when ``timeout`` seconds pass
     first. Through a pidfd and poll(2), never a signal handler in the worker."""
@@ -496,14 +518,18 @@ def _describe(status: int) -> str:
     return f"its PID 1 exited with status {os.WEXITSTATUS(status)}"
 
 
-def _prepare_scratch(cow: tuple[str, ...]) -> None:
+def _prepare_scratch(cow: tuple[str, ...], binds: tuple[str, ...] = ()) -> None:
     """The worker's tmpfs, and a copy-on-write layer over each folder in ``cow`` (the
     project folder, bound read-only into the box): tests and fixtures may write there as
-    they would without isolation, and nothing reaches the host."""
+    they would without isolation, and nothing reaches the host. A user's bind (``binds``)
+    inside such a folder is put back on top of the layer, so writes through it do reach
+    the host, as asked."""
     os.makedirs(SCRATCH, 0o700, exist_ok=True)
     libc.mount("nsbox", SCRATCH, "tmpfs", libc.MS_NOSUID, "mode=700")
     os.mkdir(os.path.join(SCRATCH, "box"), 0o700)
     for n, path in enumerate(cow):
+        inside = [b for b in binds if b.startswith(path.rstrip("/") + "/")]
+        held = {b: os.open(b, os.O_PATH | os.O_CLOEXEC) for b in inside}
         upper, work = os.path.join(SCRATCH, f"cow{n}"), os.path.join(SCRATCH, f"cow{n}.work")
         os.mkdir(upper, 0o755)
         os.mkdir(work, 0o755)
@@ -512,6 +538,11 @@ def _prepare_scratch(cow: tuple[str, ...]) -> None:
         os.chmod(upper, st.st_mode & 0o7777)
         libc.mount("nsbox", path, "overlay", 0,
                    f"lowerdir={path},upperdir={upper},workdir={work}")
+        for target, fd in held.items():
+            try:
+                libc.mount(f"/proc/self/fd/{fd}", target, None, libc.MS_BIND | libc.MS_REC)
+            finally:
+                os.close(fd)
 
 
 def main(argv: list[str]) -> int:
@@ -536,7 +567,7 @@ def main(argv: list[str]) -> int:
     os.environ.update(msg.env)
     os.environ[INNER_ENV] = "1"
     sys.path[:] = list(msg.sys_path)
-    _prepare_scratch(msg.cow)
+    _prepare_scratch(msg.cow, msg.binds)
     os.chdir(msg.cwd)
     plugin = WorkerPlugin(sock, msg)
     code = pytest.main(list(msg.args), plugins=[plugin])
