@@ -43,6 +43,7 @@ from ..kernel import libc
 from ..kernel.io import read_all, readable
 from ..kernel.mountinfo import read as read_mountinfo
 from ..runtime import forkbox
+from ..runtime.plan import overlay_options
 from ..runtime.protocol import ProtocolError
 from . import INNER_ENV
 from .messages import (Finish, Finished, ItemDone, Ready, Report, RunItem, Start,
@@ -268,7 +269,7 @@ class WorkerPlugin:
         """Fork a box's PID 1: for ``msg`` (its test), or a spare (None) that builds its
         root now and takes its test over a socket later."""
         network, privileged = key
-        plan = forkbox.ForkPlan(hostname="", network=network, mounts=self.mounts,
+        plan = forkbox.ForkPlan(network=network, mounts=self.mounts,
                                 scratch=os.path.join(SCRATCH, "box"), privileged=privileged)
         if msg is not None and msg.seccomp and not msg.privileged:
             forkbox.seccomp_program(msg.caps or ())  # built once, here, not per box
@@ -536,8 +537,7 @@ def _prepare_scratch(cow: tuple[str, ...], binds: tuple[str, ...] = ()) -> None:
         st = os.stat(path)
         os.chown(upper, st.st_uid, st.st_gid)
         os.chmod(upper, st.st_mode & 0o7777)
-        libc.mount("nsbox", path, "overlay", 0,
-                   f"lowerdir={path},upperdir={upper},workdir={work}")
+        libc.mount("nsbox", path, "overlay", 0, overlay_options([path], upper, work))
         for target, fd in held.items():
             try:
                 libc.mount(f"/proc/self/fd/{fd}", target, None, libc.MS_BIND | libc.MS_REC)

@@ -6,18 +6,17 @@ becomes a box of its own with the runtime's own pieces, in the order ``init.boot
 
 1. it is PID 1 of a new PID namespace (the worker ``unshare``s ``CLONE_NEWPID`` just for this
    fork and then rejoins its own, see ``fork_pid1``);
-2. it joins the test's cgroup through ``cgroup.procs`` descriptors the pytest process opened
-   (so the limits and the stats are the host's own, and the cgroup namespace check is made
-   against the opener, Linux >= 5.16);
-3. new mount, UTS, IPC, network and cgroup namespaces; the mount tree private before the
-   first mount;
-4. a root that is a copy-on-write layer over the worker's: an overlay whose lower layer is
+2. it builds the box (``build``), ahead of its test when it is the worker's spare:
+   new mount, UTS, IPC and network namespaces; the mount tree private before the
+   first mount; a root that is a copy-on-write layer over the worker's: an overlay whose lower layer is
    the worker's root, and one per writable submount (the project folder's layer, ...), with
    upper layers on a tmpfs of the child's own that goes when the child does; ``/proc``,
    ``/sys``, ``/dev/pts``, ``/dev/shm``, ``/dev/mqueue`` new; Docker's masked and read-only
-   paths (``plan.mount_ops``), run by the init's own ``run_op``;
-5. ``pivot_root``, hostname, loopback up;
-6. it forks the test process, which drops to the box's capabilities, sets
+   paths (``plan.mount_ops``), run by the init's own ``run_op``; ``pivot_root``; loopback up;
+3. given its test (``join``), it joins the test's cgroup through ``cgroup.procs``
+   descriptors the pytest process opened (the cgroup namespace check is made against the
+   opener, Linux >= 5.16), makes a cgroup namespace rooted there and sets the hostname;
+4. it forks the test process, which drops to the box's capabilities, sets
    ``no_new_privs`` and installs the default seccomp filter (``confine``), while PID 1 reaps
    (``reap``) until the test process is gone, and then exits: the kernel kills whatever else
    is left in the PID namespace.
@@ -107,18 +106,15 @@ def child_mounts(entries: Iterable[MountEntry], skip: Iterable[str] = (),
 
 @dataclass(frozen=True)
 class ForkPlan:
-    """A test box: its hostname, whether it gets its own network namespace, the worker's
-    mounts it is made of, its ``scratch`` directory (where the child's tmpfs of upper
-    layers goes, outside the new root), ``privileged`` (``/dev`` and ``/sys`` writable, no
-    masked paths) and ``tmpfs_size`` (bytes the upper layers may hold; None: the kernel's
-    default, half of RAM)."""
+    """How a test box is built (before it knows its test: ``join`` gives it its hostname
+    and cgroup): whether it gets its own network namespace, the worker's mounts it is made
+    of, its ``scratch`` directory (where the child's tmpfs of upper layers goes, outside
+    the new root), ``privileged`` (``/dev`` and ``/sys`` writable, no masked paths)."""
 
-    hostname: str
     network: bool
     mounts: tuple[ChildMount, ...]
     scratch: str
     privileged: bool = False
-    tmpfs_size: int | None = None
 
 
 def prepare() -> None:
@@ -137,15 +133,6 @@ def fork_pid1(own_pidns: int) -> int:
             libc.setns(own_pidns, libc.CLONE_NEWPID)
 
 
-def enter(plan: ForkPlan, cgroup_procs: Iterable[int]) -> None:
-    """In the child (PID 1 of its namespace): join the cgroup, make the namespaces, build
-    the root and move into it, at the same working directory. Raises ``OSError`` for a
-    step the kernel refuses."""
-    _join_cgroup(cgroup_procs)
-    build(plan)
-    join(plan.hostname, ())
-
-
 def build(plan: ForkPlan) -> None:
     """The namespaces and the root of a box, in the child (PID 1 of its namespace), before
     it knows its test: a spare box made while the test before it runs (``join`` finishes
@@ -158,8 +145,7 @@ def build(plan: ForkPlan) -> None:
     libc.unshare(flags)
     libc.mount(None, "/", None, libc.MS_REC | libc.MS_PRIVATE)
     scratch = plan.scratch
-    size = f",size={plan.tmpfs_size}" if plan.tmpfs_size else ""
-    libc.mount("nsbox", scratch, "tmpfs", libc.MS_NOSUID, f"mode=700{size}")
+    libc.mount("nsbox", scratch, "tmpfs", libc.MS_NOSUID, "mode=700")
     root = os.path.join(scratch, "root")
     os.mkdir(root, 0o755)
     ops: list[MountOp] = []
@@ -206,15 +192,11 @@ def build(plan: ForkPlan) -> None:
 def join(hostname: str, cgroup_procs: Iterable[int]) -> None:
     """Finish a built box for its test: into the test's cgroup (the memory the box uses
     from now on is charged there), a cgroup namespace rooted at it, the test's hostname."""
-    _join_cgroup(cgroup_procs)
-    libc.unshare(libc.CLONE_NEWCGROUP)
-    libc.sethostname(hostname)
-
-
-def _join_cgroup(cgroup_procs: Iterable[int]) -> None:
     for fd in cgroup_procs:
         os.write(fd, b"0")
         os.close(fd)
+    libc.unshare(libc.CLONE_NEWCGROUP)
+    libc.sethostname(hostname)
 
 
 _PROGRAMS: dict[tuple[int, ...], bytes] = {}
