@@ -543,3 +543,33 @@ def test_a_writable_bind_inside_the_project_reaches_the_host(pytester: pytest.Py
                                            f"nsbox_binds={out}:{out}:rw", *ARGS)
     result.assert_outcomes(passed=1)
     assert (out / "written.txt").read_text() == "x"
+
+
+def test_a_project_on_overlayfs_names_the_kernels_stacking_limit(
+        pytester: pytest.Pytester, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """A project folder that is overlayfs already (as everything is in a Docker
+    container's root): the worker's copy-on-write layer over it is the second overlayfs of
+    the stack and a test's would be the third, which the kernel refuses with EINVAL
+    (fs/overlayfs/super.c: "maximum fs stacking depth exceeded",
+    ``FILESYSTEM_MAX_STACK_DEPTH`` 2). The test fails with that named, and the mount is
+    the only thing left to undo."""
+    import subprocess
+
+    pytester.makepyfile(test_on_overlay="""
+        def test_one():
+            assert True
+    """)
+    layers = tmp_path_factory.mktemp("project-overlay")
+    (layers / "upper").mkdir()
+    (layers / "work").mkdir()
+    project = str(pytester.path)
+    subprocess.run(["mount", "-t", "overlay", "overlay", "-o",
+                    f"lowerdir={project},upperdir={layers / 'upper'},workdir={layers / 'work'}",
+                    project], check=True)
+    try:
+        result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    finally:
+        subprocess.run(["umount", project], check=True)
+    result.assert_outcomes(errors=1)
+    result.stdout.fnmatch_lines(["*test's copy-on-write layer over * was refused*"
+                                 "*FILESYSTEM_MAX_STACK_DEPTH is 2*"])

@@ -58,13 +58,17 @@ class _Pickler(pickle.Pickler):
     def __init__(self, file: io.BytesIO, fds: list[int]) -> None:
         super().__init__(file, protocol=5)
         self.fds = fds
+        #: What holds each descriptor of ``fds``: the socket object, or the ``Fd`` itself.
+        self.holders: list[socket.socket | Fd] = []
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, socket.socket):
             self.fds.append(obj.fileno())
+            self.holders.append(obj)
             return ("socket", len(self.fds) - 1, int(obj.family), int(obj.type), obj.proto)
         if isinstance(obj, Fd):
             self.fds.append(int(obj))
+            self.holders.append(obj)
             return ("fd", len(self.fds) - 1)
         return None
 
@@ -77,13 +81,22 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(file)
         self.fds = fds
         self.restricted = restricted
+        #: The socket objects made so far, by index into ``fds``: each owns its descriptor.
+        self.sockets: dict[int, socket.socket] = {}
 
     def persistent_load(self, pid: Any) -> Any:
         kind, index = pid[0], pid[1]
         fd = self.fds[index]
         if kind == "socket":
-            return socket.socket(pid[2], pid[3], pid[4], fileno=fd)
+            if index not in self.sockets:
+                self.sockets[index] = socket.socket(pid[2], pid[3], pid[4], fileno=fd)
+            return self.sockets[index]
         return Fd(fd)
+
+    def holders(self) -> list[socket.socket | Fd]:
+        """What holds each received descriptor (``release`` closes them): the socket
+        object made of it, else the bare descriptor."""
+        return [self.sockets.get(i) or Fd(fd) for i, fd in enumerate(self.fds)]
 
     def find_class(self, module: str, name: str) -> Any:
         if self.restricted and not (module == "pytest_nsbox"
@@ -94,12 +107,15 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def send(sock: socket.socket, obj: object, lead: list[int] | None = None) -> list[int]:
+def send(sock: socket.socket, obj: object,
+         lead: list[int] | None = None) -> list[socket.socket | Fd]:
     """Send ``obj`` as one message; ``lead`` descriptors go first, then those of the
-    sockets and ``Fd``s in ``obj``. Returns the latter (the caller may close them)."""
+    sockets and ``Fd``s in ``obj``. Returns what holds the latter (the socket objects and
+    the ``Fd``s: ``release`` closes them)."""
     fds: list[int] = []
     buf = io.BytesIO()
-    _Pickler(buf, fds).dump(obj)
+    pickler = _Pickler(buf, fds)
+    pickler.dump(obj)
     every = list(lead or []) + fds
     if len(every) > MAX_FDS:
         raise BoxError(f"nsbox agent: a message with {len(every)} file descriptors "
@@ -110,7 +126,25 @@ def send(sock: socket.socket, obj: object, lead: list[int] | None = None) -> lis
     ancillary = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", every))]
                  if every else [])
     sock.sendmsg([data], ancillary)
-    return fds
+    return pickler.holders
+
+
+def release(holders: list[socket.socket | Fd]) -> None:
+    """Close each descriptor once, through what holds it: a socket object's own
+    ``close()`` (closing its number behind its back would let its finalizer close the
+    number again later, by then another thread's descriptor), else ``os.close``."""
+    done: set[int] = set()
+    for holder in holders:
+        if isinstance(holder, socket.socket):
+            holder.close()
+            continue
+        if int(holder) in done:
+            continue
+        done.add(int(holder))
+        try:
+            os.close(holder)
+        except OSError:
+            pass
 
 
 def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
@@ -129,7 +163,21 @@ def receive(sock: socket.socket) -> tuple[bytes, list[int]]:
 
 
 def loads(data: bytes, fds: list[int], restricted: bool) -> Any:
+    """The object of a message; its sockets own their descriptors (see ``loads_owned``)."""
     return _Unpickler(io.BytesIO(data), fds, restricted).load()
+
+
+def loads_owned(data: bytes, fds: list[int],
+                restricted: bool) -> tuple[Any, list[socket.socket | Fd]]:
+    """``loads``, and what holds every descriptor that came with the message (socket
+    objects made of them, else the bare ``Fd``), for ``release`` once the object is done
+    with; on an unpickling error the descriptors are closed and the error raised."""
+    unpickler = _Unpickler(io.BytesIO(data), fds, restricted)
+    try:
+        return unpickler.load(), unpickler.holders()
+    except BaseException:
+        release(unpickler.holders())
+        raise
 
 
 class Agent:

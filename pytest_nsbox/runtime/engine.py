@@ -20,6 +20,7 @@ import warnings
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..cgroups import placement
 from ..cgroups.base import Limits
 from ..errors import CgroupError, HostNotSupported, LimitUnavailable, LimitsNotApplied
 from ..images.build import ImageBuilder, default_builder
@@ -236,25 +237,26 @@ class Engine:
         return FIX_ROOTLESS_V2.format(user=user)
 
 
-def delegated_parent(proc_cgroup: str = "/proc/self/cgroup") -> str | None:
+def delegated_parent(proc_cgroup: str = "/proc/self/cgroup",
+                     root: str = "/sys/fs/cgroup") -> str | None:
     """Where a rootless owner's box cgroups go without ``nsbox_cgroup_parent``: on cgroup
     v2, the cgroup this process runs in when it is the user's to write (a systemd scope or
     service with ``Delegate=yes`` hands the user its directory, as ``systemd-run --user
     --scope -p Delegate=yes`` makes one), relative to the hierarchy root; None otherwise
     (the backend's own place, which a normal user cannot write: ``box_cgroup`` then says
-    how to get one)."""
-    try:
-        with open(proc_cgroup, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
-    own = next((line[3:] for line in lines if line.startswith("0::")), None)
-    if not own or own == "/" or not os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
+    how to get one). ``root``: the cgroup2 mount (a fake tree in tests).
+
+    A process already moved into that cgroup's ``nsbox-owner`` leaf (by an outer session:
+    a pytester run, an xdist worker) gets the same cgroup, not the leaf
+    (``placement.home_of``): the leaf holds processes and can enable nothing."""
+    own = placement.own_cgroup(proc_cgroup=proc_cgroup)
+    home = placement.home_of(own)
+    if not home or not os.path.exists(os.path.join(root, "cgroup.controllers")):
         return None  # pure cgroup v2 only: a hybrid host's v2 mount holds no controllers
-    path = os.path.join("/sys/fs/cgroup", own.lstrip("/"))
+    path = os.path.join(root, home)
     if all(os.access(os.path.join(path, f), os.W_OK)
            for f in ("", "cgroup.procs", "cgroup.subtree_control")):
-        return own.strip("/")
+        return home
     return None
 
 

@@ -26,6 +26,7 @@ stack (the kernel allows two, ``FILESYSTEM_MAX_STACK_DEPTH``).
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import struct
@@ -156,7 +157,10 @@ def build(plan: ForkPlan) -> None:
             os.mkdir(work, 0o755)
             data = overlay_options([mount.point], upper, work)
             if mount.point == "/":
-                libc.mount("nsbox", root, "overlay", 0, data)
+                try:
+                    libc.mount("nsbox", root, "overlay", 0, data)
+                except OSError as exc:
+                    raise _cow_error(exc, "/") from None
                 continue
             ops.append(MountOp(MOUNT, mount.point, source="nsbox", fstype="overlay", data=data))
         elif mount.how == FRESH:
@@ -178,7 +182,10 @@ def build(plan: ForkPlan) -> None:
     rootfd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for op in ops:
-            run_op(rootfd, op)
+            try:
+                run_op(rootfd, op)
+            except OSError as exc:
+                raise (_cow_error(exc, op.dest) if op.fstype == "overlay" else exc) from None
     finally:
         os.close(rootfd)
     os.chdir(root)
@@ -187,6 +194,22 @@ def build(plan: ForkPlan) -> None:
     os.chdir(cwd)
     if plan.network:
         loopback_up()
+
+
+def _cow_error(exc: OSError, point: str) -> OSError:
+    """The error of a copy-on-write layer the kernel refused, with the likely cause of an
+    EINVAL: overlayfs stacks at most two deep (``FILESYSTEM_MAX_STACK_DEPTH``), the
+    worker's own layer is one, so a host whose ``point`` is overlayfs already (a Docker
+    container's root, an overlay mounted there) leaves no room for the test's."""
+    if exc.errno != errno.EINVAL:
+        return exc
+    return OSError(errno.EINVAL, (
+        f"{exc.strerror or exc}; the test's copy-on-write layer over {point} was refused: "
+        f"the worker's layer there is one overlayfs, and where the host's folder is "
+        f"overlayfs too (inside a Docker container, or an overlay mounted there) the test's "
+        f"would be the third of the stack, one more than the kernel allows "
+        f"(FILESYSTEM_MAX_STACK_DEPTH is 2); run --nsbox-isolate where that folder is a "
+        f"plain file system, or give the tests boxes of their own (the nsbox fixture)"))
 
 
 def join(hostname: str, cgroup_procs: Iterable[int]) -> None:

@@ -41,6 +41,7 @@ from typing import Any, NoReturn
 
 from ..errors import BoxError
 from ..kernel import libc
+from ..network.netns import Fd
 from . import agent
 
 #: argv[0] of this process (``comm`` is set to it, shortened).
@@ -115,8 +116,10 @@ def _run_call(data: bytes, reply: socket.socket, fds: list[int]) -> None:
 
     result: tuple[bool, object]
     what = "a call"
+    received: list[socket.socket | Fd] = []
     try:
-        what, netns, fn = agent.loads(data, fds, restricted=True)
+        call, received = agent.loads_owned(data, fds, restricted=True)  # closes on error
+        what, netns, fn = call
         try:
             if netns == agent.NEW:
                 libc.unshare(libc.CLONE_NEWNET)
@@ -128,12 +131,8 @@ def _run_call(data: bytes, reply: socket.socket, fds: list[int]) -> None:
     except BaseException as exc:  # noqa: BLE001 - handed whole to the owner
         result = (False, agent.portable(exc))
     finally:
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    sent: list[int] = []
+        agent.release(received)
+    sent: list[socket.socket | Fd] = []
     try:
         sent = agent.send(reply, result)
     except BaseException as exc:  # noqa: BLE001 - e.g. a value that does not pickle
@@ -143,8 +142,7 @@ def _run_call(data: bytes, reply: socket.socket, fds: list[int]) -> None:
         except OSError:
             pass
     finally:
-        for fd in sent:
-            os.close(fd)
+        agent.release(sent)
         reply.close()
 
 

@@ -30,6 +30,7 @@ import pytest
 from cgroupfs import FakeCgroupfs
 
 from pytest_nsbox.cgroups import Limits, V2Backend, restore_stale
+from pytest_nsbox.runtime.engine import delegated_parent
 from pytest_nsbox.cgroups.placement import (
     OWNER_LEAF,
     choose_base,
@@ -483,6 +484,37 @@ def test_existing_delegated_parent_is_used_as_it_is(tmp_path: Path, records: str
                                                        "+memory")]
     assert b.close() == []
     assert (fs.root / "deleg").is_dir() and fs.subtree(fs.root / "deleg") == []
+
+
+def test_a_nested_rootless_session_uses_the_delegated_cgroup_not_the_owner_leaf(
+        tmp_path: Path, records: str, opened: list[V2Backend]) -> None:
+    """A rootless pytest whose outer session (pytester, an xdist controller) already moved
+    it into ``<delegated>/nsbox-owner`` gets ``<delegated>`` as its parent, as the outer
+    one did (``placement.home_of``): the leaf holds the outer session's processes, so the
+    kernel would enable nothing there (cgroup-v2.rst, "No Internal Process Constraint").
+    Found in the VM's rootless phase, where every pytester run failed so."""
+    fs = FakeCgroupfs(tmp_path / "cg", enabled="cpu memory pids")
+    deleg = fs.root / "user-1000"
+    fs.mkdir(str(deleg))
+    fs.mkdir(str(deleg / "nsbox-owner"))
+    fs.set_procs(deleg / "nsbox-owner", [40, 41])
+    fs.write(str(deleg / "cgroup.subtree_control"), "+memory")
+    proc = tmp_path / "cgroup"
+    proc.write_text("0::/user-1000/nsbox-owner\n")
+    parent = delegated_parent(str(proc), root=str(fs.root))
+    assert parent == "user-1000"
+    proc.write_text("0::/user-1000\n")
+    assert delegated_parent(str(proc), root=str(fs.root)) == "user-1000"
+    proc.write_text("0::/\n")
+    assert delegated_parent(str(proc), root=str(fs.root)) is None
+    fs.writes.clear()
+    b = backend(fs, records, opened, own="/user-1000/nsbox-owner", parent=parent,
+                writable={"user-1000"})
+    cg = b.create("nsbox-a", Limits(memory=MiB))
+    assert cg.path == str(deleg / "nsbox-a")
+    assert fs.writes_to("cgroup.subtree_control") == []  # enabled already: nothing to do
+    cg.destroy(1.0)
+    assert b.close() == []
 
 
 def test_controller_missing_upstream_names_it(tmp_path: Path, records: str,

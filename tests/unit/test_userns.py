@@ -328,7 +328,7 @@ def test_sockets_and_fds_travel_as_descriptors() -> None:
     left, right = socket.socketpair()
     try:
         sent = agent.send(a, (True, right, Fd(left.fileno())))
-        assert sent == [right.fileno(), left.fileno()]
+        assert sent == [right, Fd(left.fileno())] and sent[0] is right
         data, fds = agent.receive(b)
         ok, sock, fd = agent.loads(data, fds, restricted=False)
         assert ok and isinstance(sock, socket.socket) and isinstance(fd, Fd)
@@ -337,6 +337,60 @@ def test_sockets_and_fds_travel_as_descriptors() -> None:
         assert left.recv(4) == b"ping"
         sock.close()
         os.close(fd)
+    finally:
+        for s in (a, b, left, right):
+            s.close()
+
+
+def test_the_agent_closes_each_descriptor_once_through_its_holder() -> None:
+    """A socket that travelled is closed through its own object: closing its number
+    behind the object's back let the object's finalizer close that number again later,
+    when another agent thread had been given it (a private network's setup then failed
+    with EBADF after a test had used ``connect``)."""
+    from pytest_nsbox.network.netns import Fd
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    left, right = socket.socketpair()
+    spare_r, spare_w = os.pipe()
+    try:
+        agent.send(a, ("call", agent.KEEP, partial(plan.overlay_options, ["/l"], "/u", "/w"),
+                       right, Fd(spare_r)))
+        data, fds = agent.receive(b)
+        (what, _, _, sock, fd), holders = agent.loads_owned(data, fds, restricted=True)
+        assert what == "call" and holders[0] is sock and holders[1] == fd
+        agent.release(holders)
+        assert sock.fileno() == -1  # closed through the object: its finalizer does nothing
+        reused = os.open("/dev/null", os.O_RDONLY)  # may take a number just freed
+        try:
+            del sock
+            import gc
+            gc.collect()
+            os.fstat(reused)  # still open: nothing closed it a second time
+        finally:
+            os.close(reused)
+        with pytest.raises(OSError):
+            os.fstat(fd)
+    finally:
+        for s in (a, b, left, right):
+            s.close()
+        for n in (spare_r, spare_w):
+            try:
+                os.close(n)
+            except OSError:
+                pass
+
+
+def test_a_call_that_does_not_unpickle_closes_what_came_with_it() -> None:
+    """A refused call's descriptors are closed, and only once."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    left, right = socket.socketpair()
+    try:
+        agent.send(a, ("x", agent.KEEP, right, partial(os.system, "true")))
+        data, fds = agent.receive(b)
+        with pytest.raises(pickle.UnpicklingError):
+            agent.loads_owned(data, fds, restricted=True)
+        with pytest.raises(OSError):
+            os.fstat(fds[0])
     finally:
         for s in (a, b, left, right):
             s.close()
