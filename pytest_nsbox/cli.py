@@ -147,16 +147,36 @@ def find_box(dirs: StateDirs, ref: str) -> records.BoxInfo:
 def init_pid(box: records.BoxInfo, backend: Any) -> int:
     """The host PID of the box's init: owner.json's ``pid``, else found in its cgroup."""
     candidates = [box.init_pid] if box.init_pid else []
+    contained = backend is not None
     if backend is not None:
         try:
             candidates += backend.open(box.cgroup).pids()
         except NsboxError:
-            pass
+            contained = False
     for pid in candidates:
-        if pid and is_namespace_init(pid) and in_cgroup(pid, box.cgroup):
+        if pid and is_box_init(pid, box.cgroup, contained):
             return pid
     raise CliError(f"box {box.id}: its init process is gone (the box is being torn down, or "
                    f"its owner died: {HINT_GC})")
+
+
+def is_box_init(pid: int, cgroup: str, contained: bool) -> bool:
+    """Whether ``pid`` (still) is the init of the box whose cgroup is ``cgroup``, not a
+    process that reused its number: PID 1 of a namespace below ours, in that cgroup. A
+    rootless box without a cgroup of its own (``runtime/uncontained.py``: ``contained``
+    False) is checked by what it has instead: its init is this user's, in a user
+    namespace other than ours."""
+    from .kernel import userns
+
+    if not is_namespace_init(pid):
+        return False
+    if contained or not userns.rootless():
+        return in_cgroup(pid, cgroup)
+    try:
+        return (os.stat(f"/proc/{pid}").st_uid == os.geteuid()
+                and os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino)
+    except OSError:
+        return False
 
 
 def cmd_enter(args: argparse.Namespace, dirs: StateDirs) -> int:
@@ -198,17 +218,20 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
     capability, not under the box's own confinement, with the environment the box's
     commands get and in its working directory (``/`` if that is gone).
     """
-    from .kernel import libc
+    from .kernel import libc, userns
 
     pid = init_pid(box, backend)
-    procs = backend.open(box.cgroup).procs_files() if backend is not None else []
+    try:
+        procs = backend.open(box.cgroup).procs_files() if backend is not None else []
+    except NsboxError:  # a rootless box without a cgroup of its own (is_box_init)
+        procs = []
     fds: list[int] = []
     try:
         # Opened through a pidfd-checked /proc/<pid>: if the pid were reused meanwhile,
         # the pidfd says so and nothing of another process is used.
         pidfd = os.pidfd_open(pid)
         fds.append(pidfd)
-        if not (is_namespace_init(pid) and in_cgroup(pid, box.cgroup)):
+        if not is_box_init(pid, box.cgroup, bool(procs)):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         fds.append(proc)
@@ -227,12 +250,23 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
                "TERM": os.environ.get("TERM", "dumb")}
         if box.hostname:
             env["HOSTNAME"] = box.hostname
-        # Children of this process are born in the box's PID namespace.
-        libc.setns(pidns, libc.CLONE_NEWPID)
+        # A rootless box's namespaces belong to its user namespace: only a process in it
+        # may join them (setns(2): CAP_SYS_ADMIN in the namespace's owning user
+        # namespace), so the child joins that first, as `nsenter -U` does; the owner's
+        # user has every capability there (user_namespaces(7)).
+        user = (os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+                if userns.rootless() else None)
+        if user is not None:
+            fds.append(user)
+        else:
+            # Children of this process are born in the box's PID namespace.
+            libc.setns(pidns, libc.CLONE_NEWPID)
         sys.stdout.flush()
         sys.stderr.flush()
         child = os.fork()
         if child == 0:
+            if user is not None:
+                _enter_userns(box, user, pidns)
             _enter_child(box, argv, env, procs, ns, root)
     except OSError as exc:
         raise CliError(f"cannot enter box {box.id}: {exc.strerror or exc}"
@@ -248,6 +282,33 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
             signal.signal(sig, handler)
     code = os.waitstatus_to_exitcode(status)
     return 128 - code if code < 0 else code
+
+
+def _enter_userns(box: records.BoxInfo, user: int, pidns: int) -> None:
+    """In the forked child of a rootless ``enter``: join the box's user namespace and
+    its PID namespace (a single-threaded process may join a user namespace, setns(2)),
+    then fork the process that joins the rest (``_enter_child``) and wait for it, as
+    ``nsenter`` forks after joining a PID namespace; exits with its status."""
+    from .kernel import libc
+
+    try:
+        libc.setns(user, libc.CLONE_NEWUSER)
+        libc.setns(pidns, libc.CLONE_NEWPID)
+        child = os.fork()
+    except BaseException as exc:  # noqa: BLE001 - a forked child must never return
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        try:
+            os.write(2, f"nsbox: enter {box.id}: cannot join its user namespace: "
+                        f"{reason}\n".encode())
+        finally:
+            os._exit(125)
+    if child == 0:
+        return
+    for sig in (signal.SIGINT, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_IGN)
+    _, status = os.waitpid(child, 0)
+    code = os.waitstatus_to_exitcode(status)
+    os._exit(128 - code if code < 0 else code)
 
 
 def _enter_child(box: records.BoxInfo, argv: list[str], env: dict[str, str], procs: list[str],

@@ -579,7 +579,7 @@ class _Isolation(_PerTest):
 
         call = CallInfo.from_call(fail, when="setup")
         setup = item.ihook.pytest_runtest_makereport(item=item, call=call)
-        teardown = isolate._made(item, "teardown", "passed", None, 0.0)
+        teardown = isolate.made_report(item, "teardown", "passed", None, 0.0)
         return [setup, teardown]
 
     def _retire(self, key: Any) -> None:

@@ -47,6 +47,28 @@ def no_leaks_around_the_suite() -> Iterator[None]:
         assert after == before, f"leaks around the suite: before {before}, after {after}"
 
 
+@pytest.fixture(scope="session")
+def reachable_by_others() -> Iterator[None]:
+    """This Python and this checkout reachable by other users (``o+x`` on each directory
+    above them that lacks it, as with a pyenv Python under a 0700 ``/root``), put back at
+    the end of the session: tests that run pytest or ``doctor`` as another user need it."""
+    import stat
+
+    changed: list[tuple[Path, int]] = []
+    top = Path(__file__).resolve().parents[1]
+    try:
+        for path in (Path(os.path.realpath(sys.executable)), Path(sys.prefix), top):
+            for parent in reversed(path.parents):
+                mode = parent.stat().st_mode
+                if not mode & stat.S_IXOTH:
+                    changed.append((parent, stat.S_IMODE(mode)))
+                    os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
+        yield
+    finally:
+        for path, mode in reversed(changed):
+            os.chmod(path, mode)
+
+
 def user_xattr_problem(path: str | os.PathLike[str]) -> str | None:
     """Why the filesystem of directory ``path`` cannot hold ``user.*`` extended attributes,
     or None when it can (probed by setting one on a scratch file there)."""

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import stat
 import subprocess
 import sys
 import tempfile
@@ -92,17 +91,8 @@ class User:
         return found
 
 
-def _reachable(path: Path, changed: list[tuple[Path, int]]) -> None:
-    """Give ``o+x`` to every directory above ``path`` that lacks it (recorded to undo)."""
-    for parent in reversed(path.parents):
-        mode = parent.stat().st_mode
-        if not mode & stat.S_IXOTH:
-            changed.append((parent, stat.S_IMODE(mode)))
-            os.chmod(parent, stat.S_IMODE(mode) | stat.S_IXOTH)
-
-
 @pytest.fixture(scope="session")
-def user() -> Iterator[User]:
+def user(reachable_by_others: None) -> Iterator[User]:
     """The normal user the tests run pytest as, with subordinate IDs (module docstring)."""
     assert shutil.which("newuidmap") and shutil.which("newgidmap"), \
         "rootless boxes map subordinate ids with newuidmap/newgidmap: run ci/setup (uidmap)"
@@ -118,15 +108,8 @@ def user() -> Iterator[User]:
     home = Path(entry.pw_dir)
     home.mkdir(exist_ok=True)
     os.chown(home, entry.pw_uid, entry.pw_gid)
-    changed: list[tuple[Path, int]] = []
-    for path in (Path(os.path.realpath(sys.executable)), Path(sys.prefix), REPO):
-        _reachable(path, changed)
     start = userns.subordinate_ranges(userns.SUBUID, USER, entry.pw_uid)[0][0]
-    try:
-        yield User(USER, entry.pw_uid, entry.pw_gid, home, start, [])
-    finally:
-        for path, mode in reversed(changed):
-            os.chmod(path, mode)
+    yield User(USER, entry.pw_uid, entry.pw_gid, home, start, [])
 
 
 @pytest.fixture
@@ -429,3 +412,55 @@ def test_gc_removes_a_crashed_rootless_box(clean: User) -> None:
     assert gc.returncode == 0, gc.stdout + gc.stderr
     assert f"removed box {box_dir.name}" in gc.stdout
     assert not box_dir.exists()
+
+
+ENTER = """
+    import subprocess, sys
+    import pytest
+
+
+    def enter(box, *cmd):
+        return subprocess.run([sys.executable, "-m", "pytest_nsbox", "enter", box, *cmd],
+                              capture_output=True, text=True, timeout=120, check=False)
+
+
+    @pytest.mark.sandbox(image="busybox", name="entered")
+    def test_enter_a_live_box(nsbox):
+        nsbox.run("echo live > /etc/marker", check=True)
+        done = enter("entered", "sh", "-c", "cat /etc/marker; id -u; hostname; exit 3")
+        assert done.returncode == 3, done.stderr
+        assert done.stdout.split() == ["live", "0", nsbox.hostname]
+
+
+    @pytest.mark.sandbox(image="busybox", name="kept-for-enter")
+    def test_kept(nsbox):
+        nsbox.run("echo kept > /etc/marker", check=True)
+        assert False, "failed on purpose: its box is kept"
+"""
+
+
+def test_enter_runs_in_a_rootless_box_live_or_kept(clean: User) -> None:
+    """``python -m pytest_nsbox enter`` as the user who owns the boxes: it joins the boxes'
+    user namespace first, as ``nsenter -U`` (and podman's rootless ``exec``) does, since
+    only a process in it may join the namespaces it owns (setns(2)); the command runs as
+    root of the box, in a live box and in a new box over a kept one's layers."""
+    project = clean.project({"test_enter.py": ENTER})
+    done = clean.pytest(project, "--nsbox-keep=failed")
+    outcomes(done).fnmatch_lines(["*1 failed, 1 passed*"])
+    base = {"HOME": str(clean.home), "PATH": "/usr/bin:/bin", "PYTHONDONTWRITEBYTECODE": "1",
+            "XDG_DATA_HOME": str(project / ".data")}
+    as_user = ["runuser", "-u", clean.name, "--", "env", "-i",
+               *(f"{k}={v}" for k, v in base.items()), sys.executable, "-m", "pytest_nsbox"]
+    ps = subprocess.run([*as_user, "ps"], cwd=project, capture_output=True, text=True,
+                        timeout=120, check=False)
+    kept = [line.split()[0] for line in ps.stdout.splitlines() if "kept-for-enter" in line]
+    assert len(kept) == 1, ps.stdout + ps.stderr
+    try:
+        entered = subprocess.run([*as_user, "enter", kept[0], "cat", "/etc/marker"],
+                                 cwd=project, capture_output=True, text=True, timeout=120,
+                                 check=False)
+        assert (entered.returncode, entered.stdout) == (0, "kept\n"), entered.stderr
+    finally:
+        gc = subprocess.run([*as_user, "gc", "--kept"], cwd=project, capture_output=True,
+                            text=True, timeout=120, check=False)
+    assert gc.returncode == 0 and f"kept box {kept[0]}" in gc.stdout, gc.stdout + gc.stderr

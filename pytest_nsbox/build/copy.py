@@ -85,6 +85,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import ImageError
+from ..kernel.fs import OPEN_DIR_NOFOLLOW, walk_dirs
 from ..images import layers as layerfs
 from ..model.image import Image
 from ..overlay.view import Found, MergedView, lookup
@@ -93,7 +94,7 @@ Owner = tuple[int, int]
 DIR_MODE = 0o755  # fsutil copy.go defaultDirectoryMode; go-archive ImpliedDirectoryMode
 HEREDOC_MODE = 0o644  # dispatchCopy: llb.Mkfile(path, 0644, data)
 IGNORE_FILES = (".containerignore", ".dockerignore")
-_OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_OPEN_DIR = OPEN_DIR_NOFOLLOW
 # moby/go-archive compression/compression_detect.go: formats by their magic numbers.
 _BZIP2 = b"BZh"
 _GZIP = b"\x1f\x8b\x08"
@@ -869,35 +870,33 @@ class _Layer:
     def dirfd(self, parts: tuple[str, ...]) -> int:
         """An fd of folder ``parts`` in the layer; folders of the image on the way are
         copied up."""
-        fd = os.open(self.root, _OPEN_DIR)
+        def missing(fd: int, i: int) -> int:
+            below = lookup(self.lower.layers, list(parts[:i + 1]))
+            if below is None or not stat.S_ISDIR(below[1].st_mode):
+                raise ImageError(f"{_show(parts[:i + 1])}: not a folder in the image") from None
+            os.mkdir(parts[i], 0o700, dir_fd=fd)
+            sub = os.open(parts[i], _OPEN_DIR, dir_fd=fd)
+            st = below[1]
+            try:
+                layerfs.chown(sub, st.st_uid, st.st_gid)
+                os.fchmod(sub, stat.S_IMODE(st.st_mode))
+                for name, value in layerfs._xattrs(below[0]).items():
+                    os.setxattr(sub, name, value)
+            except BaseException:
+                os.close(sub)
+                raise
+            self.times.setdefault(parts[:i + 1], (st.st_atime_ns, st.st_mtime_ns))
+            return sub
+
+        def blocked(_fd: int, i: int) -> int:
+            raise ImageError(f"{_show(parts[:i + 1])}: not a folder in the layer being "
+                             f"written") from None
+
+        root = os.open(self.root, _OPEN_DIR)
         try:
-            for i, part in enumerate(parts):
-                try:
-                    sub = os.open(part, _OPEN_DIR, dir_fd=fd)
-                except FileNotFoundError:
-                    below = lookup(self.lower.layers, list(parts[:i + 1]))
-                    if below is None or not stat.S_ISDIR(below[1].st_mode):
-                        raise ImageError(f"{_show(parts[:i + 1])}: not a folder in the "
-                                         f"image") from None
-                    os.mkdir(part, 0o700, dir_fd=fd)
-                    sub = os.open(part, _OPEN_DIR, dir_fd=fd)
-                    st = below[1]
-                    layerfs.chown(sub, st.st_uid, st.st_gid)
-                    os.fchmod(sub, stat.S_IMODE(st.st_mode))
-                    for name, value in layerfs._xattrs(below[0]).items():
-                        os.setxattr(sub, name, value)
-                    self.times.setdefault(parts[:i + 1], (st.st_atime_ns, st.st_mtime_ns))
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    raise ImageError(f"{_show(parts[:i + 1])}: not a folder in the layer "
-                                     f"being written") from None
-                os.close(fd)
-                fd = sub
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+            return walk_dirs(root, parts, missing=missing, blocked=blocked)
+        finally:
+            os.close(root)
 
     def entry(self, parts: tuple[str, ...]) -> tuple[str, os.stat_result] | None:
         """What the image shows at ``parts`` now (the last component not followed)."""

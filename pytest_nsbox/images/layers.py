@@ -45,6 +45,7 @@ from typing import IO
 
 from ..errors import ImageError
 from ..kernel import userns
+from ..kernel.fs import OPEN_DIR_NOFOLLOW, walk_dirs
 from ..overlay.view import is_opaque, is_whiteout
 
 WHITEOUT_PREFIX = ".wh."
@@ -394,43 +395,31 @@ class _Unpacker:
         ``moot``: where this layer has something else than a directory on the way (a file,
         a symlink, a whiteout), return -1 instead of refusing ``name``.
         """
-        fd = os.dup(self.root)
-        try:
-            for i, part in enumerate(parts):
-                try:
-                    sub = _open_subdir(part, fd)
-                except FileNotFoundError:
-                    if not create:
-                        raise
-                    os.mkdir(part, 0o755, dir_fd=fd)
-                    sub = _open_subdir(part, fd)
-                except OSError as exc:
-                    if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
-                        raise
-                    if moot:
-                        os.close(fd)
-                        return -1
-                    st = os.lstat(part, dir_fd=fd)
-                    where = "/".join(parts[:i + 1])
-                    if stat.S_ISLNK(st.st_mode):
-                        raise self._refuse(name, f"it would be written through the symlink "
-                                                 f"{where!r}") from None
-                    if is_whiteout(st) and create:
-                        # A directory of this layer replacing what an earlier whiteout
-                        # device hid: opaque, so the lower one's children stay hidden.
-                        os.unlink(part, dir_fd=fd)
-                        os.mkdir(part, 0o755, dir_fd=fd)
-                        sub = _open_subdir(part, fd)
-                        self.opaque.append(parts[:i + 1])
-                    else:
-                        raise self._refuse(name, f"{where!r} is not a directory in this "
-                                                 f"layer") from None
-                os.close(fd)
-                fd = sub
-            return fd
-        except BaseException:
-            os.close(fd)
-            raise
+        def missing(fd: int, i: int) -> int:
+            if not create:
+                raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT),
+                                        "/".join(parts[:i + 1])) from None
+            os.mkdir(parts[i], 0o755, dir_fd=fd)
+            return _open_subdir(parts[i], fd)
+
+        def blocked(fd: int, i: int) -> int:
+            if moot:
+                return -1
+            st = os.lstat(parts[i], dir_fd=fd)
+            where = "/".join(parts[:i + 1])
+            if stat.S_ISLNK(st.st_mode):
+                raise self._refuse(name, f"it would be written through the symlink "
+                                         f"{where!r}") from None
+            if is_whiteout(st) and create:
+                # A directory of this layer replacing what an earlier whiteout device
+                # hid: opaque, so the lower one's children stay hidden.
+                os.unlink(parts[i], dir_fd=fd)
+                os.mkdir(parts[i], 0o755, dir_fd=fd)
+                self.opaque.append(parts[:i + 1])
+                return _open_subdir(parts[i], fd)
+            raise self._refuse(name, f"{where!r} is not a directory in this layer") from None
+
+        return walk_dirs(self.root, parts, missing=missing, blocked=blocked)
 
     def _clear(self, dirfd: int, name: str) -> None:
         """Remove what an earlier entry put at ``name`` (a later entry replaces it)."""
@@ -594,8 +583,7 @@ class _Unpacker:
 
 def _open_subdir(name: str, dirfd: int) -> int:
     """Open directory ``name`` in ``dirfd``, never following a symlink."""
-    return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                   dir_fd=dirfd)
+    return os.open(name, OPEN_DIR_NOFOLLOW, dir_fd=dirfd)
 
 
 def _write_all(fd: int, data: bytes) -> None:

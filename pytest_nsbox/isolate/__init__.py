@@ -471,11 +471,11 @@ def finish_reports(item: pytest.Item, outcome: Outcome, spec: BoxSpec,
         if phase == "teardown" and "teardown" in reports:
             phase = "call" if "call" in reports else "setup"
         message = f"nsbox isolate: {item.nodeid}: {cause}"
-        reports[phase] = _made(item, phase, "failed", message, outcome.wall)
+        reports[phase] = made_report(item, phase, "failed", message, outcome.wall)
     if "setup" not in reports:
-        reports["setup"] = _made(item, "setup", "passed", None, 0.0)
+        reports["setup"] = made_report(item, "setup", "passed", None, 0.0)
     if "teardown" not in reports:
-        reports["teardown"] = _made(item, "teardown", "passed", None, 0.0)
+        reports["teardown"] = made_report(item, "teardown", "passed", None, 0.0)
     done = outcome.done
     teardown = reports["teardown"]
     if done is not None and done.teardown is not None:
@@ -501,9 +501,13 @@ def finish_reports(item: pytest.Item, outcome: Outcome, spec: BoxSpec,
 _PHASES: tuple[Literal["setup", "call", "teardown"], ...] = ("setup", "call", "teardown")
 
 
-def _made(item: pytest.Item, when: Literal["setup", "call", "teardown"],
+def made_report(item: pytest.Item, when: Literal["setup", "call", "teardown"],
           outcome: Literal["passed", "failed", "skipped"], message: str | None,
           duration: float) -> pytest.TestReport:
+    """A report pytest did not make (the box's crash, a phase that never ran): ``when``
+    with ``outcome`` and ``message`` as its ``longrepr``, ``duration`` seconds, ending now;
+    location, keywords and ``user_properties`` from ``item``, as ``TestReport.from_item_and_call``
+    takes them."""
     now = time.time()
     return pytest.TestReport(
         nodeid=item.nodeid, location=item.location, keywords={k: 1 for k in item.keywords},

@@ -1,15 +1,55 @@
-"""Filesystem helpers: the one safe way to delete a tree (never across a mount), and a
-non-blocking probe of a lock file. Imports only the stdlib and ``libc``."""
+"""Filesystem helpers: the one safe way to delete a tree (never across a mount), the one
+walk down a directory path that never follows a symlink, and a non-blocking probe of a
+lock file. Imports only the stdlib and ``libc``."""
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
 from . import libc
+
+
+#: Opens a directory, never through a symlink (its last component included).
+OPEN_DIR_NOFOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: ``(dirfd, i)``: what to do about ``parts[i]`` in directory ``dirfd`` (``walk_dirs``).
+StepHandler = Callable[[int, int], int]
+
+
+def walk_dirs(start: int, parts: Sequence[str], *, missing: StepHandler,
+              blocked: StepHandler) -> int:
+    """An fd of directory ``parts`` below directory fd ``start`` (which stays the
+    caller's), opened one component at a time with ``O_NOFOLLOW``, so nothing on the way
+    is a symlink (as ``openat2`` ``RESOLVE_NO_SYMLINKS`` would, on any kernel).
+
+    ``missing(fd, i)`` is called where ``parts[i]`` is absent from ``fd``, ``blocked(fd,
+    i)`` where it is a symlink or not a directory (ELOOP, ENOTDIR); each returns an fd of
+    ``parts[i]`` (made, or replaced) or raises the caller's own error; ``blocked`` may
+    return -1, and then so does ``walk_dirs``. The fd returned is the caller's to close;
+    on an error nothing stays open."""
+    fd = os.dup(start)
+    try:
+        for i, part in enumerate(parts):
+            try:
+                sub = os.open(part, OPEN_DIR_NOFOLLOW, dir_fd=fd)
+            except FileNotFoundError:
+                sub = missing(fd, i)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                sub = blocked(fd, i)
+                if sub < 0:
+                    os.close(fd)
+                    return -1
+            os.close(fd)
+            fd = sub
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def remove_tree(path: str) -> None:

@@ -37,22 +37,11 @@ from ..kernel import caps, libc, seccomp
 from ..kernel.mountinfo import MountEntry
 from ..model import users
 from .init import loopback_up, run_op, set_groups, set_id
-from .plan import MASKED_PATHS, READONLY_PATHS, overlay_options
+from .plan import FRESH_FILESYSTEMS, MASKED_PATHS, READONLY_PATHS, fresh_mount, overlay_options
 from .protocol import BIND, MASK, MOUNT, READONLY, REMOUNT, MountOp
 
 #: How each of the worker's mounts reaches the test's root.
 COW, FRESH, BIND_RO, BIND_RW, DEV = "cow", "fresh", "bind-ro", "bind", "dev"
-
-_NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
-#: File systems made new in the test's namespaces: ``(fstype, source, flags, data)``.
-_FRESH = {
-    "proc": ("proc", "proc", _NOSUID_NODEV_NOEXEC, None),
-    "sysfs": ("sysfs", "sysfs", _NOSUID_NODEV_NOEXEC, None),
-    "devpts": ("devpts", "devpts", libc.MS_NOSUID | libc.MS_NOEXEC,
-               "newinstance,ptmxmode=0666,mode=0620"),
-    "mqueue": ("mqueue", "mqueue", _NOSUID_NODEV_NOEXEC, None),
-}
-
 
 @dataclass(frozen=True)
 class ChildMount:
@@ -89,7 +78,7 @@ def child_mounts(entries: Iterable[MountEntry], skip: Iterable[str] = (),
         under_dev = point.startswith("/dev/")
         if point == "/":
             out.append(ChildMount("/", COW, entry.fstype))
-        elif entry.fstype in _FRESH or point == "/dev/shm":
+        elif (entry.fstype in FRESH_FILESYSTEMS and entry.fstype != "tmpfs") or point == "/dev/shm":
             out.append(ChildMount(point, FRESH, entry.fstype))
         elif point == "/dev":
             out.append(ChildMount(point, DEV, entry.fstype))
@@ -164,12 +153,8 @@ def build(plan: ForkPlan) -> None:
                 continue
             ops.append(MountOp(MOUNT, mount.point, source="nsbox", fstype="overlay", data=data))
         elif mount.how == FRESH:
-            fstype, source, flags, options = _FRESH.get(
-                mount.fstype, ("tmpfs", "shm", _NOSUID_NODEV_NOEXEC, "mode=1777"))
-            if fstype == "sysfs" and not plan.privileged:
-                flags |= libc.MS_RDONLY
-            ops.append(MountOp(MOUNT, mount.point, source=source, fstype=fstype, flags=flags,
-                               data=options))
+            fstype = mount.fstype if mount.point != "/dev/shm" else "tmpfs"
+            ops.append(fresh_mount(mount.point, fstype, plan.privileged))
         elif mount.how in (DEV, BIND_RW):
             ops.append(MountOp(BIND, mount.point, source=mount.point))
         else:

@@ -18,6 +18,26 @@ from .protocol import (BIND, DEVICE, MASK, MKDIR, MKNOD, MOUNT, READONLY, REMOUN
 
 _NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 
+#: The kernel file systems made new in every box, by type: ``(source, flags, data)``
+#: (runc's and Docker's defaults: ``oci.DefaultSpec``; ``/dev/shm`` is a 64M tmpfs, Docker's
+#: ``--shm-size`` default). ``tmpfs`` here is ``/dev/shm``'s.
+FRESH_FILESYSTEMS: dict[str, tuple[str, int, str | None]] = {
+    "proc": ("proc", _NOSUID_NODEV_NOEXEC, None),
+    "sysfs": ("sysfs", _NOSUID_NODEV_NOEXEC, None),
+    "devpts": ("devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
+    "mqueue": ("mqueue", _NOSUID_NODEV_NOEXEC, None),
+    "tmpfs": ("shm", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+}
+
+
+def fresh_mount(point: str, fstype: str, privileged: bool) -> MountOp:
+    """The op that mounts a new ``fstype`` (a key of ``FRESH_FILESYSTEMS``) at ``point``;
+    sysfs read-only unless ``privileged``."""
+    source, flags, data = FRESH_FILESYSTEMS[fstype]
+    if fstype == "sysfs" and not privileged:
+        flags |= libc.MS_RDONLY
+    return MountOp(MOUNT, point, source=source, fstype=fstype, flags=flags, data=data)
+
 # (name, major, minor): the devices every OCI runtime provides.
 DEVICES = (("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8),
            ("urandom", 1, 9), ("tty", 5, 0))
@@ -272,7 +292,7 @@ def mount_ops(binds: list[Bind], privileged: bool = False, rootless: bool = Fals
     rootless podman binds it for ``--network=host``).
     """
     ops: list[MountOp] = [
-        MountOp(MOUNT, "/proc", source="proc", fstype="proc", flags=_NOSUID_NODEV_NOEXEC),
+        fresh_mount("/proc", "proc", privileged),
         MountOp(MOUNT, "/dev", source="tmpfs", fstype="tmpfs",
                 flags=libc.MS_NOSUID | libc.MS_STRICTATIME, data="mode=755,size=65536k"),
     ]
@@ -285,19 +305,13 @@ def mount_ops(binds: list[Bind], privileged: bool = False, rootless: bool = Fals
         ops.append(MountOp(SYMLINK, f"/dev/{name}", source=content))
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o755)):
         ops.append(MountOp(MKDIR, f"/dev/{name}", mode=mode))
-    ops += [
-        MountOp(MOUNT, "/dev/pts", source="devpts", fstype="devpts",
-                flags=libc.MS_NOSUID | libc.MS_NOEXEC, data="newinstance,ptmxmode=0666,mode=0620"),
-        MountOp(MOUNT, "/dev/shm", source="shm", fstype="tmpfs", flags=_NOSUID_NODEV_NOEXEC,
-                data="mode=1777,size=65536k"),
-        MountOp(MOUNT, "/dev/mqueue", source="mqueue", fstype="mqueue",
-                flags=_NOSUID_NODEV_NOEXEC),
-    ]
+    ops += [fresh_mount("/dev/pts", "devpts", privileged),
+            fresh_mount("/dev/shm", "tmpfs", privileged),
+            fresh_mount("/dev/mqueue", "mqueue", privileged)]
     if rootless and host_network:
         ops.append(MountOp(BIND, "/sys", source="/sys", flags=libc.MS_RDONLY))
     else:
-        ops.append(MountOp(MOUNT, "/sys", source="sysfs", fstype="sysfs",
-                           flags=_NOSUID_NODEV_NOEXEC | (0 if privileged else libc.MS_RDONLY)))
+        ops.append(fresh_mount("/sys", "sysfs", privileged))
     if not privileged:
         # Device nodes the box makes are inert: the root is nodev and /dev read-only.
         ops.append(MountOp(REMOUNT, "/dev", flags=libc.MS_RDONLY | libc.MS_NOSUID))

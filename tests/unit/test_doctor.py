@@ -93,6 +93,7 @@ def test_doctor_as_root_on_this_host() -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"),
                     reason="needs root to become another user (setpriv)")
+@pytest.mark.usefixtures("reachable_by_others")
 def test_doctor_as_a_normal_user_on_this_host() -> None:
     """As uid 65534: rootless boxes, user namespaces probed for that user, and cgroups
     reported as this user may use them (optional: they only carry the limits)."""
