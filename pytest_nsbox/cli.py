@@ -173,8 +173,9 @@ def is_box_init(pid: int, cgroup: str, contained: bool) -> bool:
     if contained or not userns.rootless():
         return in_cgroup(pid, cgroup)
     try:
+        theirs = os.stat(f"/proc/{pid}/ns/user").st_ino
         return (os.stat(f"/proc/{pid}").st_uid == os.geteuid()
-                and os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino)
+                and theirs != os.stat("/proc/self/ns/user").st_ino)
     except OSError:
         return False
 
@@ -204,7 +205,8 @@ def enter_kept(dirs: StateDirs, box: records.BoxInfo, argv: list[str],
 
     try:
         with kept.reopened(dirs, box, args.cgroup_parent) as new:
-            info = records.BoxInfo(new.id, new.dirs.base, records.read_record(new.dirs.base), "live", 0.0)
+            info = records.BoxInfo(new.id, new.dirs.base, records.read_record(new.dirs.base),
+                                   "live", 0.0)
             return enter(info, argv, _backend(args))
     finally:
         client.shutdown()
@@ -214,17 +216,25 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
     """Run ``argv`` in the box's namespaces, root and cgroup; returns its exit status.
 
     Like ``nsenter -t PID -a -r`` plus joining the box's cgroup (so its limits apply and
-    its teardown kills what runs here). The command runs as the host's root with every
-    capability, not under the box's own confinement, with the environment the box's
-    commands get and in its working directory (``/`` if that is gone).
+    its teardown kills what runs here). The command runs as root with every capability
+    (the host's root; for a rootless box, root of its user namespace, joined first), not
+    under the box's own confinement, with the environment the box's commands get and in
+    its working directory (``/`` if that is gone). A rootless box whose cgroup is not
+    found (it has none: ``runtime/uncontained.py``) is entered without one, said on
+    stderr; for a root owner's box that is an error.
     """
     from .kernel import libc, userns
 
     pid = init_pid(box, backend)
     try:
         procs = backend.open(box.cgroup).procs_files() if backend is not None else []
-    except NsboxError:  # a rootless box without a cgroup of its own (is_box_init)
+    except NsboxError as exc:
+        if not userns.rootless():
+            raise
         procs = []
+        print(f"{PROG} enter: box {box.id}: no cgroup of its own found ({exc}); the "
+              f"command runs without one (--cgroup-parent names where its cgroup is)",
+              file=sys.stderr)
     fds: list[int] = []
     try:
         # Opened through a pidfd-checked /proc/<pid>: if the pid were reused meanwhile,
@@ -298,7 +308,7 @@ def _enter_userns(box: records.BoxInfo, user: int, pidns: int) -> None:
     except BaseException as exc:  # noqa: BLE001 - a forked child must never return
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         try:
-            os.write(2, f"nsbox: enter {box.id}: cannot join its user namespace: "
+            os.write(2, f"nsbox: enter {box.id}: cannot join its user and PID namespaces: "
                         f"{reason}\n".encode())
         finally:
             os._exit(125)
@@ -568,7 +578,8 @@ def parser() -> argparse.ArgumentParser:
         "enter", help="run a shell (or CMD) inside a running box, like nsenter, or over a "
                       "kept box's layers",
         description="Run CMD (default /bin/sh) inside a running box: its namespaces, its "
-                    "root and its cgroup, as root with every capability, with the box's "
+                    "root and its cgroup, as root with every capability (root of its user "
+                    "namespace for a rootless box), with the box's "
                     "environment and working directory. BOX is an id, a name or a unique "
                     "prefix of either. For a kept box, CMD runs the same way in a new box "
                     "over the kept box's image and read-write layer, under a fresh layer of "

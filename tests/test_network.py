@@ -24,6 +24,7 @@ from pytest_nsbox.network import PortRefused, PortTimeout, active, collect_garba
 from pytest_nsbox.network import netns as nsb_netns
 from pytest_nsbox.network.leases import POOL, Leases, owner_alive
 from pytest_nsbox.runtime.engine import default_engine
+from pytest_nsbox.kernel import userns
 from pytest_nsbox.runtime.owner import netns_runner
 from pytest_nsbox.state import StateDirs
 
@@ -105,7 +106,7 @@ def test_the_switch_lives_until_the_last_box_leaves(nsbox_factory):
     assert group.endswith("test_the_switch_lives_until_the_last_box_leaves")
     assert members == ["first", "second"] and switch.startswith("nsbox-net-")
     named = netns_runner().named
-    assert named == (os.geteuid() == 0)
+    assert named == (not userns.rootless())
     assert os.path.exists(f"/run/netns/{switch}") == named
     gateway = str(next(ipaddress.ip_network(subnet).hosts()))
     first.close()

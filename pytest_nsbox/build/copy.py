@@ -69,7 +69,6 @@ The rules, from the Dockerfile reference (sections COPY, ADD) and BuildKit's cod
 from __future__ import annotations
 
 import bz2
-import errno
 import gzip
 import hashlib
 import io
@@ -85,8 +84,8 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from ..errors import ImageError
-from ..kernel.fs import OPEN_DIR_NOFOLLOW, walk_dirs
 from ..images import layers as layerfs
+from ..kernel.fs import OPEN_DIR_NOFOLLOW, walk_dirs
 from ..model.image import Image
 from ..overlay.view import Found, MergedView, lookup
 

@@ -502,8 +502,8 @@ _PHASES: tuple[Literal["setup", "call", "teardown"], ...] = ("setup", "call", "t
 
 
 def made_report(item: pytest.Item, when: Literal["setup", "call", "teardown"],
-          outcome: Literal["passed", "failed", "skipped"], message: str | None,
-          duration: float) -> pytest.TestReport:
+                outcome: Literal["passed", "failed", "skipped"], message: str | None,
+                duration: float) -> pytest.TestReport:
     """A report pytest did not make (the box's crash, a phase that never ran): ``when``
     with ``outcome`` and ``message`` as its ``longrepr``, ``duration`` seconds, ending now;
     location, keywords and ``user_properties`` from ``item``, as ``TestReport.from_item_and_call``

@@ -55,11 +55,12 @@ _ALLOWED = frozenset({("functools", "partial"), ("builtins", "frozenset"),
 class _Pickler(pickle.Pickler):
     """Pickles sockets and ``Fd``s as references to the descriptors sent beside."""
 
-    def __init__(self, file: io.BytesIO, fds: list[int]) -> None:
+    def __init__(self, file: io.BytesIO, fds: list[int],
+                 holders: list[socket.socket | Fd]) -> None:
         super().__init__(file, protocol=5)
         self.fds = fds
         #: What holds each descriptor of ``fds``: the socket object, or the ``Fd`` itself.
-        self.holders: list[socket.socket | Fd] = []
+        self.holders = holders
 
     def persistent_id(self, obj: Any) -> Any:
         if isinstance(obj, socket.socket):
@@ -107,14 +108,15 @@ class _Unpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def send(sock: socket.socket, obj: object,
-         lead: list[int] | None = None) -> list[socket.socket | Fd]:
+def send(sock: socket.socket, obj: object, lead: list[int] | None = None,
+         held: list[socket.socket | Fd] | None = None) -> list[socket.socket | Fd]:
     """Send ``obj`` as one message; ``lead`` descriptors go first, then those of the
     sockets and ``Fd``s in ``obj``. Returns what holds the latter (the socket objects and
-    the ``Fd``s: ``release`` closes them)."""
+    the ``Fd``s: ``release`` closes them); ``held`` gets them as they are found, so a
+    caller has them even when sending fails."""
     fds: list[int] = []
     buf = io.BytesIO()
-    pickler = _Pickler(buf, fds)
+    pickler = _Pickler(buf, fds, held if held is not None else [])
     pickler.dump(obj)
     every = list(lead or []) + fds
     if len(every) > MAX_FDS:
@@ -135,14 +137,15 @@ def release(holders: list[socket.socket | Fd]) -> None:
     number again later, by then another thread's descriptor), else ``os.close``."""
     done: set[int] = set()
     for holder in holders:
-        if isinstance(holder, socket.socket):
-            holder.close()
-            continue
-        if int(holder) in done:
-            continue
-        done.add(int(holder))
+        number = holder.fileno() if isinstance(holder, socket.socket) else int(holder)
+        if number < 0 or number in done:
+            continue  # a socket already closed, or a number closed above
+        done.add(number)
         try:
-            os.close(holder)
+            if isinstance(holder, socket.socket):
+                holder.close()
+            else:
+                os.close(holder)
         except OSError:
             pass
 

@@ -31,13 +31,14 @@ import os
 import signal
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..kernel import caps, libc, seccomp
 from ..kernel.mountinfo import MountEntry
 from ..model import users
 from .init import loopback_up, run_op, set_groups, set_id
-from .plan import FRESH_FILESYSTEMS, MASKED_PATHS, READONLY_PATHS, fresh_mount, overlay_options
+from .plan import (FRESH_FILESYSTEMS, MASKED_PATHS, READONLY_PATHS, fresh_mount,
+                   overlay_options)
 from .protocol import BIND, MASK, MOUNT, READONLY, REMOUNT, MountOp
 
 #: How each of the worker's mounts reaches the test's root.
@@ -47,7 +48,8 @@ COW, FRESH, BIND_RO, BIND_RW, DEV = "cow", "fresh", "bind-ro", "bind", "dev"
 class ChildMount:
     """One mount point of the worker and what the test's root gets there: ``cow`` (an
     overlay over it), ``fresh`` (a new ``fstype`` instance), ``bind-ro`` (the same, read
-    only), ``bind`` (the same, writable: a user's bind) or ``dev`` (the worker's ``/dev`` bound, read-only unless privileged)."""
+    only), ``bind`` (the same, writable: a user's bind) or ``dev`` (the worker's ``/dev``
+    bound, read-only unless privileged)."""
 
     point: str
     how: str
@@ -153,8 +155,11 @@ def build(plan: ForkPlan) -> None:
                 continue
             ops.append(MountOp(MOUNT, mount.point, source="nsbox", fstype="overlay", data=data))
         elif mount.how == FRESH:
-            fstype = mount.fstype if mount.point != "/dev/shm" else "tmpfs"
-            ops.append(fresh_mount(mount.point, fstype, plan.privileged))
+            op = fresh_mount(mount.point, mount.fstype if mount.point != "/dev/shm"
+                             else "tmpfs", plan.privileged)
+            if mount.point == "/dev/shm":  # unsized, as without isolation (not Docker's 64M)
+                op = replace(op, data="mode=1777")
+            ops.append(op)
         elif mount.how in (DEV, BIND_RW):
             ops.append(MountOp(BIND, mount.point, source=mount.point))
         else:

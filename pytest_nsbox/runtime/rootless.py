@@ -134,7 +134,7 @@ def _run_call(data: bytes, reply: socket.socket, fds: list[int]) -> None:
         agent.release(received)
     sent: list[socket.socket | Fd] = []
     try:
-        sent = agent.send(reply, result)
+        agent.send(reply, result, held=sent)
     except BaseException as exc:  # noqa: BLE001 - e.g. a value that does not pickle
         try:
             agent.send(reply, (False, BoxError(f"{what}: the nsbox agent cannot send its "
