@@ -106,6 +106,25 @@ def test_timed_out_command_with_an_oom_kill(nsbox):
     assert result.returncode == -9
 
 
+@pytest.mark.sandbox(image="busybox", memory="16M")
+def test_the_oom_killer_picks_the_commands_processes_not_the_init(nsbox):
+    """The box's init (a Python process, larger than most commands) must not be what the
+    OOM killer picks: with CAP_SYS_RESOURCE it lowers its own ``oom_score_adj`` to -999
+    and commands get 0 (as in Docker); without it (rootless, or a host that withholds
+    it, as this one does) commands get 1000, as Kubernetes' BestEffort pods do
+    (pkg/kubelet/qos/policy.go). A command's children forked at once have its score too
+    (proc(5): inherited), since the init takes the command's score around the spawn. At
+    16M, a pipeline whose ``tail`` holds 50 MB is killed three times and the box lives."""
+    scores = nsbox.run("cat /proc/self/oom_score_adj; (cat /proc/self/oom_score_adj) | cat; "
+                       "cat /proc/1/oom_score_adj").stdout.split()
+    command, child, init = scores
+    assert command == child
+    assert (init, command) == ("-999", "0") or (command == "1000" and int(init) < 1000)
+    for _ in range(3):
+        assert nsbox.run("head -c 52428800 /dev/zero | tail | wc -c", timeout=60).oom_killed
+        assert nsbox.run("echo alive").stdout == "alive\n"
+
+
 @pytest.mark.sandbox(image="busybox")
 def test_no_oom_no_flag_without_a_limit(nsbox):
     """Without a memory limit and with enough memory nothing is killed."""

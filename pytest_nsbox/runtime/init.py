@@ -36,7 +36,9 @@ _NS_FLAGS = {
     "cgroup": libc.CLONE_NEWCGROUP,
 }
 
-_OOM_ADJUSTED = False
+#: The OOM scores (``oom_score_adj``) of the init and of each command, as ``_oom_setup``
+#: chose them; None where the init may not change its own.
+_OOM_SCORES: tuple[str, str] | None = None
 _KEEP: list[int] | None = None  # the box's capabilities, when it is not privileged
 
 # <linux/sockios.h>, <net/if.h>
@@ -136,17 +138,10 @@ def _setup(plan: BoxPlan, marks: list[tuple[str, float]]) -> None:
     if "net" in plan.namespaces:
         loopback_up()
     marks.append(("hostname, lo", time.monotonic()))
+    _oom_setup()  # before _confine drops CAP_SYS_RESOURCE
     # Not dumpable: nothing in the box may open /proc/1/exe (the host's python binary) or
     # ptrace PID 1 (the class of runc CVE-2019-5736). Commands are new execs: dumpable.
     libc.prctl(libc.PR_SET_DUMPABLE, 0)
-    # The command's processes, not PID 1, are what the OOM killer should pick. Lowering the
-    # score needs CAP_SYS_RESOURCE, which some hosts (and containers) withhold: best effort.
-    global _OOM_ADJUSTED
-    try:
-        _write("/proc/self/oom_score_adj", "-999")
-        _OOM_ADJUSTED = True
-    except PermissionError:
-        pass
     _confine(plan.confine)
     marks.append(("confined", time.monotonic()))
 
@@ -466,13 +461,19 @@ class _Init(ChildServer):
     def spawn(self, msg: Exec, stdin: int, stdout: int, stderr: int) -> int:
         """The fast path: vfork+exec through posix_spawn, no copy of this process.
 
-        What a command needs set that posix_spawn cannot do (cwd) is set on the init around
-        the call; confinement was applied to the init itself and is inherited. Commands
-        with ``user`` take the fork path.
+        What a command needs set that posix_spawn cannot do (cwd, the OOM score) is set
+        on the init around the call; confinement was applied to the init itself and is
+        inherited. The init's OOM protection is off during the spawn, so the command is
+        born with a score of 0: set after the spawn, its children forked meanwhile would
+        keep the init's -999 and the OOM killer would pick the init over them. (A
+        process may go back down to the lowest score it was given with
+        CAP_SYS_RESOURCE, ``oom_score_adj_min``: proc(5).) Commands with ``user`` take
+        the fork path.
         """
         env = _as_root(msg.env)
         path = _which(msg.argv[0], env.get("PATH", DEFAULT_PATH))
         os.chdir(msg.cwd or "/")
+        _oom_score(1)
         try:
             pid = os.posix_spawn(
                 path, msg.argv, env, setsid=True, setsigmask=(),
@@ -481,12 +482,48 @@ class _Init(ChildServer):
                               (os.POSIX_SPAWN_DUP2, stderr, 2)])
         finally:
             os.chdir("/")
-        if _OOM_ADJUSTED:  # raising a score needs no privilege; it is the init's, inherited
-            try:
-                _write(f"/proc/{pid}/oom_score_adj", "0")
-            except OSError:
-                pass
+            _oom_score(0)
         return pid
+
+
+def _oom_setup() -> None:
+    """Make the box's processes, not its init, what the OOM killer picks (the init is a
+    Python process, larger than most commands; killing it ends the box).
+
+    With ``CAP_SYS_RESOURCE`` the init lowers its own score to -999 and commands get 0,
+    as in Docker. Without it (rootless, or a host that withholds it) the init keeps its
+    score and commands get 1000, as Kubernetes gives BestEffort pods
+    (pkg/kubelet/qos/policy.go): still the first the killer picks. The init moves to the
+    command's score around each spawn and back, so a command is born with it and so is
+    any child it forks at once (proc(5): a child inherits it); going back needs no
+    privilege down to the lowest score set with it (``oom_score_adj_min``), which a
+    round trip checks here first. Best effort: where that fails, scores stay as they are.
+    """
+    global _OOM_SCORES
+    path = "/proc/self/oom_score_adj"
+    try:
+        _write(path, "-999")
+        _OOM_SCORES = ("-999", "0")
+        return
+    except PermissionError:
+        pass
+    try:
+        with open(path, encoding="ascii") as f:
+            own = f.read().strip()
+        _write(path, "1000")
+        _write(path, own)
+        _OOM_SCORES = (own, "1000")
+    except OSError:
+        _OOM_SCORES = None
+
+
+def _oom_score(which: int) -> None:
+    """Set the init's own score to the init's (0) or the commands' (1) choice."""
+    if _OOM_SCORES is not None:
+        try:
+            _write("/proc/self/oom_score_adj", _OOM_SCORES[which])
+        except OSError:
+            pass
 
 
 _DEFAULT_SIGNALS = (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
@@ -522,8 +559,7 @@ def _child(msg: Exec, stdin: int, stdout: int, stderr: int,
         keep = status.fileno()
         os.closerange(3, keep)
         os.closerange(keep + 1, 1 << 20)
-        if _OOM_ADJUSTED:
-            _write("/proc/self/oom_score_adj", "0")
+        _oom_score(1)
         # As runc's finalizeNamespace: into the directory before the switch, and again
         # after it when only the new user may enter it.
         cwd = msg.cwd or "/"
