@@ -232,21 +232,70 @@ def netem_in_kernel() -> bool | None:
     return bool(re.search(r"^CONFIG_NET_SCH_NETEM=[ym]", config, re.MULTILINE))
 
 
-@pytest.mark.sandbox(latency="50ms")
-def test_latency_needs_sch_netem(nsbox_factory):
+def netem_box(nsbox_factory, shaped: str):
+    """The box ``slow`` with this test's netem marker, and a plain ``peer`` on its network;
+    None where the kernel has no ``sch_netem``, after checking the error says so (this
+    machine; the VM job's kernel has it)."""
     try:
         box = nsbox_factory(name="slow")
     except BoxError as exc:
         assert netem_in_kernel() is not True
-        assert "box 'slow'" in str(exc) and "latency='50ms'" in str(exc)
+        assert "box 'slow'" in str(exc) and shaped in str(exc)
         assert "kernel module sch_netem is missing" in str(exc)
         assert active() == []  # the half-built network went with the box
-        return
+        return None
     assert netem_in_kernel() is not False
-    nsbox_factory(name="peer", latency=None)
-    ping = box.run("ping -c 3 peer", timeout=20)  # only this box's sending is delayed
-    rtts = [float(t) for t in re.findall(r"time=([\d.]+) ms", ping.stdout)]
+    nsbox_factory(name="peer", latency=None, jitter=None, loss=None)
+    return box
+
+
+def ping_times(box, count: int, interval: float = 0.2) -> tuple[list[float], int]:
+    """Round-trip times in ms of the replies ``box`` got from ``peer``, and how many of
+    ``count`` echo requests were answered (busybox ping)."""
+    done = box.run(f"ping -c {count} -i {interval} -W 2 peer", timeout=120)
+    rtts = [float(t) for t in re.findall(r"time=([\d.]+) ms", done.stdout)]
+    received = re.search(r"(\d+) packets received", done.stdout)
+    assert received, done
+    return rtts, int(received.group(1))
+
+
+@pytest.mark.sandbox(latency="50ms")
+def test_latency_needs_sch_netem(nsbox_factory):
+    """tc-netem(8) ``delay 50ms`` on what the box sends: every round trip to a plain
+    peer takes at least 50 ms (the peer's answer is not delayed)."""
+    box = netem_box(nsbox_factory, "latency='50ms'")
+    if box is None:
+        return
+    rtts, _ = ping_times(box, 3)
     assert rtts and min(rtts) >= 50
+
+
+@pytest.mark.sandbox(latency="50ms", jitter="40ms")
+def test_jitter_spreads_the_delay(nsbox_factory):
+    """tc-netem(8) ``delay 50ms 40ms``: each packet's delay is drawn between 10 and 90 ms
+    (netem's default uniform distribution), so twenty round trips spread over tens of
+    milliseconds around 50, never below 10; the upper bound is loose for the VM job's
+    emulated CPU."""
+    box = netem_box(nsbox_factory, "jitter='40ms'")
+    if box is None:
+        return
+    rtts, received = ping_times(box, 20)
+    assert received == 20 and len(rtts) == 20
+    assert min(rtts) >= 10 and max(rtts) < 400
+    assert max(rtts) - min(rtts) >= 20, rtts
+    assert 25 <= sorted(rtts)[10] <= 150  # the median near 50
+
+
+@pytest.mark.sandbox(loss="50%")
+def test_loss_drops_about_that_share(nsbox_factory):
+    """tc-netem(8) ``loss 50%`` on what the box sends: of 60 echo requests about half
+    reach the peer and are answered (binomial: 30 +- 3.9; the bounds are over 4 standard
+    deviations wide)."""
+    box = netem_box(nsbox_factory, "loss='50%'")
+    if box is None:
+        return
+    _, received = ping_times(box, 60, interval=0.05)
+    assert 12 <= received <= 48, received
 
 
 def test_a_rate_tbf_cannot_do_fails_the_box_and_leaves_no_network(nsbox_factory):
