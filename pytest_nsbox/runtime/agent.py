@@ -47,9 +47,12 @@ KEEP = "keep"
 NEW = "new"
 MAX_MESSAGE = 4 << 20
 MAX_FDS = 16
-#: Classes outside this package a call may name when the agent unpickles it.
+#: Classes outside this package a call may name when the agent unpickles it: the call
+#: itself, and the value types the package's plans hold (a shaping plan's exact
+#: ``Fraction``s, ``units``' ``Decimal``s); each only rebuilds a value.
 _ALLOWED = frozenset({("functools", "partial"), ("builtins", "frozenset"),
-                      ("builtins", "set")})
+                      ("builtins", "set"), ("fractions", "Fraction"),
+                      ("decimal", "Decimal")})
 
 
 class _Pickler(pickle.Pickler):

@@ -394,3 +394,23 @@ def test_a_call_that_does_not_unpickle_closes_what_came_with_it() -> None:
     finally:
         for s in (a, b, left, right):
             s.close()
+
+
+def test_every_shaping_plan_reaches_the_agent() -> None:
+    """A rootless owner's network calls carry the shaping plans (tbf and netem qdiscs,
+    with exact ``Fraction``s for loss and burst) to the agent, whose restricted
+    unpickler must rebuild them all: ``loss`` once failed there ("not
+    fractions.Fraction"), found by the VM job's rootless phase."""
+    from pytest_nsbox.model.spec import BoxSpec
+    from pytest_nsbox.network import links, shaping
+
+    spec = BoxSpec.from_kwargs({"image": "busybox", "network": "private", "rate": "1mbit",
+                                "latency": "50ms", "jitter": "10ms", "loss": "0.5%"},
+                               source="test")
+    box_plan, switch_plan = shaping.box_side(spec), shaping.switch_side(spec)
+    assert box_plan and switch_plan
+    for fn in (partial(links.setup_box, "10.0.0.2", 24, "10.0.0.1", box_plan, "b"),
+               partial(links.add_port, "nsbx", 3, switch_plan, "b")):
+        what, netns, back = agent.loads(pickle.dumps(("x", agent.KEEP, fn), protocol=5), [],
+                                        restricted=True)
+        assert back.args == fn.args and back.func is fn.func
