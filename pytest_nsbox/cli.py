@@ -144,13 +144,14 @@ def find_box(dirs: StateDirs, ref: str) -> records.BoxInfo:
                    f"running boxes")
 
 
-def init_pid(box: records.BoxInfo, backend: Any) -> int:
-    """The host PID of the box's init: owner.json's ``pid``, else found in its cgroup."""
+def init_pid(box: records.BoxInfo, cgroup: Any) -> int:
+    """The host PID of the box's init: owner.json's ``pid``, else found in its ``cgroup``
+    (None: the box's cgroup was not found, ``open_cgroup``)."""
     candidates = [box.init_pid] if box.init_pid else []
-    contained = backend is not None
-    if backend is not None:
+    contained = cgroup is not None
+    if cgroup is not None:
         try:
-            candidates += backend.open(box.cgroup).pids()
+            candidates += cgroup.pids()
         except NsboxError:
             contained = False
     for pid in candidates:
@@ -158,6 +159,16 @@ def init_pid(box: records.BoxInfo, backend: Any) -> int:
             return pid
     raise CliError(f"box {box.id}: its init process is gone (the box is being torn down, or "
                    f"its owner died: {HINT_GC})")
+
+
+def open_cgroup(box: records.BoxInfo, backend: Any) -> tuple[Any, NsboxError | None]:
+    """The box's cgroup from ``backend``, or None and why not (no backend: None, None)."""
+    if backend is None:
+        return None, None
+    try:
+        return backend.open(box.cgroup), None
+    except NsboxError as exc:
+        return None, exc
 
 
 def is_box_init(pid: int, cgroup: str, contained: bool) -> bool:
@@ -225,23 +236,22 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
     """
     from .kernel import libc, userns
 
-    pid = init_pid(box, backend)
-    try:
-        procs = backend.open(box.cgroup).procs_files() if backend is not None else []
-    except NsboxError as exc:
+    cgroup, missing = open_cgroup(box, backend)
+    pid = init_pid(box, cgroup)
+    if missing is not None:
         if not userns.rootless():
-            raise
-        procs = []
-        print(f"{PROG} enter: box {box.id}: no cgroup of its own found ({exc}); the "
+            raise missing
+        print(f"{PROG} enter: box {box.id}: no cgroup of its own found ({missing}); the "
               f"command runs without one (--cgroup-parent names where its cgroup is)",
               file=sys.stderr)
+    procs = cgroup.procs_files() if cgroup is not None else []
     fds: list[int] = []
     try:
         # Opened through a pidfd-checked /proc/<pid>: if the pid were reused meanwhile,
         # the pidfd says so and nothing of another process is used.
         pidfd = os.pidfd_open(pid)
         fds.append(pidfd)
-        if not is_box_init(pid, box.cgroup, bool(procs)):
+        if not is_box_init(pid, box.cgroup, cgroup is not None):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         proc = os.open(f"/proc/{pid}", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
         fds.append(proc)

@@ -112,15 +112,14 @@ class _Unpickler(pickle.Unpickler):
 
 
 def send(sock: socket.socket, obj: object, lead: list[int] | None = None,
-         held: list[socket.socket | Fd] | None = None) -> list[socket.socket | Fd]:
+         held: list[socket.socket | Fd] | None = None) -> None:
     """Send ``obj`` as one message; ``lead`` descriptors go first, then those of the
-    sockets and ``Fd``s in ``obj``. Returns what holds the latter (the socket objects and
-    the ``Fd``s: ``release`` closes them); ``held`` gets them as they are found, so a
-    caller has them even when sending fails."""
+    sockets and ``Fd``s in ``obj``. ``held`` gets what holds the latter (the socket
+    objects and the ``Fd``s, for ``release``) as they are found, so a caller has them
+    even when sending fails."""
     fds: list[int] = []
     buf = io.BytesIO()
-    pickler = _Pickler(buf, fds, held if held is not None else [])
-    pickler.dump(obj)
+    _Pickler(buf, fds, held if held is not None else []).dump(obj)
     every = list(lead or []) + fds
     if len(every) > MAX_FDS:
         raise BoxError(f"nsbox agent: a message with {len(every)} file descriptors "
@@ -131,7 +130,6 @@ def send(sock: socket.socket, obj: object, lead: list[int] | None = None,
     ancillary = ([(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", every))]
                  if every else [])
     sock.sendmsg([data], ancillary)
-    return pickler.holders
 
 
 def release(holders: list[socket.socket | Fd]) -> None:

@@ -31,7 +31,7 @@ import os
 import signal
 import struct
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..kernel import caps, libc, seccomp
 from ..kernel.mountinfo import MountEntry
@@ -80,7 +80,9 @@ def child_mounts(entries: Iterable[MountEntry], skip: Iterable[str] = (),
         under_dev = point.startswith("/dev/")
         if point == "/":
             out.append(ChildMount("/", COW, entry.fstype))
-        elif (entry.fstype in FRESH_FILESYSTEMS and entry.fstype != "tmpfs") or point == "/dev/shm":
+        elif point == "/dev/shm":  # unsized, as without isolation (not a box's 64M)
+            out.append(ChildMount(point, FRESH, "tmpfs"))
+        elif entry.fstype in FRESH_FILESYSTEMS and entry.fstype != "tmpfs":
             out.append(ChildMount(point, FRESH, entry.fstype))
         elif point == "/dev":
             out.append(ChildMount(point, DEV, entry.fstype))
@@ -155,11 +157,7 @@ def build(plan: ForkPlan) -> None:
                 continue
             ops.append(MountOp(MOUNT, mount.point, source="nsbox", fstype="overlay", data=data))
         elif mount.how == FRESH:
-            op = fresh_mount(mount.point, mount.fstype if mount.point != "/dev/shm"
-                             else "tmpfs", plan.privileged)
-            if mount.point == "/dev/shm":  # unsized, as without isolation (not Docker's 64M)
-                op = replace(op, data="mode=1777")
-            ops.append(op)
+            ops.append(fresh_mount(mount.point, mount.fstype, plan.privileged))
         elif mount.how in (DEV, BIND_RW):
             ops.append(MountOp(BIND, mount.point, source=mount.point))
         else:

@@ -463,12 +463,10 @@ class _Init(ChildServer):
 
         What a command needs set that posix_spawn cannot do (cwd, the OOM score) is set
         on the init around the call; confinement was applied to the init itself and is
-        inherited. The init's OOM protection is off during the spawn, so the command is
-        born with a score of 0: set after the spawn, its children forked meanwhile would
-        keep the init's -999 and the OOM killer would pick the init over them. (A
-        process may go back down to the lowest score it was given with
-        CAP_SYS_RESOURCE, ``oom_score_adj_min``: proc(5).) Commands with ``user`` take
-        the fork path.
+        inherited. The init takes the commands' OOM score during the spawn
+        (``_oom_setup``), so the command is born with it: set after the spawn, children
+        it forked meanwhile would keep the init's. Commands with ``user`` take the fork
+        path.
         """
         env = _as_root(msg.env)
         path = _which(msg.argv[0], env.get("PATH", DEFAULT_PATH))

@@ -19,23 +19,27 @@ from .protocol import (BIND, DEVICE, MASK, MKDIR, MKNOD, MOUNT, READONLY, REMOUN
 _NOSUID_NODEV_NOEXEC = libc.MS_NOSUID | libc.MS_NODEV | libc.MS_NOEXEC
 
 #: The kernel file systems made new in every box, by type: ``(source, flags, data)``
-#: (runc's and Docker's defaults: ``oci.DefaultSpec``; ``/dev/shm`` is a 64M tmpfs, Docker's
-#: ``--shm-size`` default). ``tmpfs`` here is ``/dev/shm``'s.
+#: (runc's and Docker's defaults: ``oci.DefaultSpec``). ``tmpfs`` here is ``/dev/shm``'s.
 FRESH_FILESYSTEMS: dict[str, tuple[str, int, str | None]] = {
     "proc": ("proc", _NOSUID_NODEV_NOEXEC, None),
     "sysfs": ("sysfs", _NOSUID_NODEV_NOEXEC, None),
     "devpts": ("devpts", libc.MS_NOSUID | libc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620"),
     "mqueue": ("mqueue", _NOSUID_NODEV_NOEXEC, None),
-    "tmpfs": ("shm", _NOSUID_NODEV_NOEXEC, "mode=1777,size=65536k"),
+    "tmpfs": ("shm", _NOSUID_NODEV_NOEXEC, "mode=1777"),
 }
+#: A box's ``/dev/shm``: Docker's ``--shm-size`` default, 64M.
+SHM_SIZE = "65536k"
 
 
-def fresh_mount(point: str, fstype: str, privileged: bool) -> MountOp:
+def fresh_mount(point: str, fstype: str, privileged: bool, size: str | None = None) -> MountOp:
     """The op that mounts a new ``fstype`` (a key of ``FRESH_FILESYSTEMS``) at ``point``;
-    sysfs read-only unless ``privileged``."""
+    sysfs read-only unless ``privileged``; ``size``: a tmpfs's (None: the kernel's
+    default, half of RAM)."""
     source, flags, data = FRESH_FILESYSTEMS[fstype]
     if fstype == "sysfs" and not privileged:
         flags |= libc.MS_RDONLY
+    if size is not None:
+        data = f"{data},size={size}"
     return MountOp(MOUNT, point, source=source, fstype=fstype, flags=flags, data=data)
 
 # (name, major, minor): the devices every OCI runtime provides.
@@ -306,7 +310,7 @@ def mount_ops(binds: list[Bind], privileged: bool = False, rootless: bool = Fals
     for name, mode in (("pts", 0o755), ("shm", 0o1777), ("mqueue", 0o755)):
         ops.append(MountOp(MKDIR, f"/dev/{name}", mode=mode))
     ops += [fresh_mount("/dev/pts", "devpts", privileged),
-            fresh_mount("/dev/shm", "tmpfs", privileged),
+            fresh_mount("/dev/shm", "tmpfs", privileged, size=SHM_SIZE),
             fresh_mount("/dev/mqueue", "mqueue", privileged)]
     if rootless and host_network:
         ops.append(MountOp(BIND, "/sys", source="/sys", flags=libc.MS_RDONLY))

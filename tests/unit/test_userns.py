@@ -327,7 +327,8 @@ def test_sockets_and_fds_travel_as_descriptors() -> None:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     left, right = socket.socketpair()
     try:
-        sent = agent.send(a, (True, right, Fd(left.fileno())))
+        sent: list[socket.socket | Fd] = []
+        agent.send(a, (True, right, Fd(left.fileno())), held=sent)
         assert sent == [right, Fd(left.fileno())] and sent[0] is right
         data, fds = agent.receive(b)
         ok, sock, fd = agent.loads(data, fds, restricted=False)
