@@ -292,6 +292,30 @@ def test_memory_limit_kill_fails_the_test_and_the_next_one_runs(pytester: pytest
     result.stdout.re_match_lines([r".*test_hog.*exceeded memory=64M \(peak \d+\.\d MiB\).*"])
 
 
+def test_the_oom_killer_picks_the_test_not_its_boxs_pid_1(pytester: pytest.Pytester) -> None:
+    """An isolated test's box has a PID 1 that reports the test's status: the test and
+    what it starts get the commands' ``oom_score_adj`` and PID 1 the init's, as in a box
+    (``kernel.proc.choose_oom_scores``): with CAP_SYS_RESOURCE -999 and 0, as Docker; without
+    it (rootless, or this host) 1000, as Kubernetes' BestEffort pods
+    (pkg/kubelet/qos/policy.go). A test must not run at -999 either: the host's own OOM
+    killer would spare it."""
+    pytester.makepyfile(test_scores="""
+        import subprocess, sys
+
+        def test_scores():
+            own = open("/proc/self/oom_score_adj").read().strip()
+            child = subprocess.run(
+                [sys.executable, "-c", "print(open('/proc/self/oom_score_adj').read())"],
+                capture_output=True, text=True, check=True).stdout.strip()
+            init = open("/proc/1/oom_score_adj").read().strip()
+            print("scores", init, own, child)
+            assert own == child
+            assert (init, own) == ("-999", "0") or (own == "1000" and int(init) < 1000)
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    result.assert_outcomes(passed=1)
+
+
 def test_crashes_are_outcomes(pytester: pytest.Pytester) -> None:
     """A test process that calls os._exit, is killed by a signal or outlives its
     ``timeout=`` fails with that cause; the run goes on."""

@@ -39,7 +39,7 @@ import pytest
 from _pytest.outcomes import TEST_OUTCOME
 from _pytest.runner import CallInfo, call_and_report
 
-from ..kernel import libc
+from ..kernel import libc, proc
 from ..kernel.io import read_all, readable
 from ..kernel.mountinfo import read as read_mountinfo
 from ..runtime import forkbox
@@ -332,12 +332,14 @@ class WorkerPlugin:
                 msg = got
                 ctl.close()
             forkbox.join(msg.hostname, fds)
-            _oom_protect()
+            scores = proc.choose_oom_scores()
             item = self.items[msg.nodeid]
             nextitem = self.items.get(msg.next_nodeid) if msg.next_nodeid else None
             child = os.fork()
             if child == 0:
                 os.close(wfd)
+                if scores is not None:  # the test and what it starts, not this PID 1
+                    proc.set_oom_score(scores[1])
                 self._test_process(item, nextitem, msg)
             status = forkbox.reap(child)
             os.write(wfd, b"S" + forkbox.encode_status(status))
@@ -494,16 +496,6 @@ def _wait_exit(pid: int, timeout: float | None) -> bool:
         return bool(readable([fd], timeout))
     finally:
         os.close(fd)
-
-
-def _oom_protect() -> None:
-    """The box's PID 1 is not what the OOM killer should pick (best effort: it needs
-    CAP_SYS_RESOURCE)."""
-    try:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write("-999")
-    except OSError:
-        pass
 
 
 def _close(fd: int) -> None:

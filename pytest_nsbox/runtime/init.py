@@ -21,7 +21,7 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from ..kernel import caps, libc, seccomp
+from ..kernel import caps, libc, proc, seccomp
 from . import protocol
 from .protocol import BoxPlan, Confinement, Exec, Kill, MountOp
 from ..model import users
@@ -38,7 +38,7 @@ _NS_FLAGS = {
 
 #: The OOM scores (``oom_score_adj``) of the init and of each command, as ``_oom_setup``
 #: chose them; None where the init may not change its own.
-_OOM_SCORES: tuple[str, str] | None = None
+_OOM_SCORES: tuple[int, int] | None = None
 _KEEP: list[int] | None = None  # the box's capabilities, when it is not privileged
 
 # <linux/sockios.h>, <net/if.h>
@@ -486,42 +486,20 @@ class _Init(ChildServer):
 
 def _oom_setup() -> None:
     """Make the box's processes, not its init, what the OOM killer picks (the init is a
-    Python process, larger than most commands; killing it ends the box).
+    Python process, larger than most commands; killing it ends the box): scores as
+    ``proc.choose_oom_scores`` chooses them.
 
-    With ``CAP_SYS_RESOURCE`` the init lowers its own score to -999 and commands get 0,
-    as in Docker. Without it (rootless, or a host that withholds it) the init keeps its
-    score and commands get 1000, as Kubernetes gives BestEffort pods
-    (pkg/kubelet/qos/policy.go): still the first the killer picks. The init moves to the
-    command's score around each spawn and back, so a command is born with it and so is
-    any child it forks at once (proc(5): a child inherits it); going back needs no
-    privilege down to the lowest score set with it (``oom_score_adj_min``), which a
-    round trip checks here first. Best effort: where that fails, scores stay as they are.
+    The init moves to the command's score around each spawn and back, so a command is born
+    with it and so is any child it forks at once (proc(5): a child inherits it).
     """
     global _OOM_SCORES
-    path = "/proc/self/oom_score_adj"
-    try:
-        _write(path, "-999")
-        _OOM_SCORES = ("-999", "0")
-        return
-    except PermissionError:
-        pass
-    try:
-        with open(path, encoding="ascii") as f:
-            own = f.read().strip()
-        _write(path, "1000")
-        _write(path, own)
-        _OOM_SCORES = (own, "1000")
-    except OSError:
-        _OOM_SCORES = None
+    _OOM_SCORES = proc.choose_oom_scores()
 
 
 def _oom_score(which: int) -> None:
     """Set the init's own score to the init's (0) or the commands' (1) choice."""
     if _OOM_SCORES is not None:
-        try:
-            _write("/proc/self/oom_score_adj", _OOM_SCORES[which])
-        except OSError:
-            pass
+        proc.set_oom_score(_OOM_SCORES[which])
 
 
 _DEFAULT_SIGNALS = (signal.SIGCHLD, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGINT,
