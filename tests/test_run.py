@@ -92,8 +92,8 @@ def test_spawn_poll_wait_kill(nsbox):
 
 
 def test_spawned_server_keeps_running_while_output_is_large(nsbox):
-    proc = nsbox.spawn("yes | head -c 5000000; sleep 30")
-    done = nsbox.run("sleep 0.5; echo alive")
+    proc = nsbox.spawn("yes | head -c 5000000; touch /tmp/written; sleep 30")
+    done = nsbox.run("until [ -e /tmp/written ]; do sleep 0.05; done; echo alive", timeout=30)
     assert done.stdout == "alive\n"
     proc.kill()
     assert len(proc.wait(timeout=10).stdout_bytes) == 5000000

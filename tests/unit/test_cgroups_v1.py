@@ -371,7 +371,9 @@ def test_real_kill_all_stops_a_forking_shell(make_cgroup: Callable[..., V1Cgroup
     churn = "while :; do /bin/true; done"  # forks all the time, stays below pids.max
     p = subprocess.Popen(["sh", "-c", f"{joins}; {churn} & {churn} & wait"])
     children.append(p)
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10  # the shell forks both loops in its own time
+    while len(cg.pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert p.poll() is None and len(cg.pids()) >= 3
     cg.kill_all(3.0)
     assert p.wait(2) == -9

@@ -438,7 +438,9 @@ def test_real_freeze_kill_thaw(real_cgroup: V2Cgroup, children: list[subprocess.
     # As on kernels before 5.14, which have cgroup.freeze but no cgroup.kill.
     monkeypatch.setattr(real_cgroup, "_kill_file", lambda: False)
     p = spawn_in(real_cgroup, children, "sleep 30 & sleep 30 & wait")
-    time.sleep(0.1)
+    deadline = time.monotonic() + 10  # the shell forks both in its own time
+    while len(real_cgroup.pids()) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
     assert len(real_cgroup.pids()) == 3
     real_cgroup.kill_all(2.0)
     assert p.wait(2) == -9
