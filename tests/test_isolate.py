@@ -292,6 +292,39 @@ def test_memory_limit_kill_fails_the_test_and_the_next_one_runs(pytester: pytest
     result.stdout.re_match_lines([r".*test_hog.*exceeded memory=64M \(peak \d+\.\d MiB\).*"])
 
 
+def test_a_subprocess_killed_for_memory_is_a_note_not_the_cause(
+        pytester: pytest.Pytester) -> None:
+    """A test whose subprocess the OOM killer took and which then exits, or fails an
+    assertion, is reported as it ended, not as "exceeded memory": the kills are a note on
+    the failure (the OOM killer's only signal is SIGKILL, mm/oom_kill.c)."""
+    pytester.makepyfile(test_sub="""
+        import os, subprocess, sys
+        import pytest
+
+        HOG = [sys.executable, "-c", "b = bytearray(400 << 20)"]
+
+        @pytest.mark.sandbox(memory="128M")
+        def test_exits():
+            assert subprocess.run(HOG).returncode == -9
+            os._exit(3)
+
+        @pytest.mark.sandbox(memory="128M")
+        def test_asserts():
+            assert subprocess.run(HOG).returncode == 0
+
+        def test_next():
+            pass
+    """)
+    result = pytester.runpytest_subprocess("--nsbox-isolate", *ARGS)
+    result.assert_outcomes(passed=1, failed=2)
+    note = "the kernel killed * of the test's box for memory, at memory=128M"
+    result.stdout.fnmatch_lines([
+        f"*::test_exits: its process exited with status 3 before the test ended ({note})*"])
+    result.stdout.fnmatch_lines(["*test_asserts*", "*assert -9 == 0*",
+                                 "*nsbox isolate: OOM kills*", note])
+    result.stdout.no_fnmatch_line("*exceeded memory*")
+
+
 def test_the_oom_killer_picks_the_test_not_its_boxs_pid_1(pytester: pytest.Pytester) -> None:
     """An isolated test's box has a PID 1 that reports the test's status: the test and
     what it starts get the commands' ``oom_score_adj`` and PID 1 the init's, as in a box

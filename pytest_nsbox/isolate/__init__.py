@@ -400,6 +400,18 @@ class Outcome:
         self.stats: Any = None
         self.wall = 0.0
 
+    def call_seconds(self) -> float:
+        """The test's call phase in seconds, as ``nsbox_wall_seconds`` counts it: its
+        call report's duration; when its process ended during the call, the time from
+        the end of setup to the end of the box; 0 when the call did not run."""
+        reports = {r.when: r for r in self.reports}
+        if "call" in reports:
+            return float(reports["call"].duration)
+        setup = reports.get("setup")
+        if setup is not None and setup.passed and "teardown" not in reports:
+            return max(0.0, self.wall - float(setup.duration))
+        return 0.0
+
 
 def _log_warning(config: pytest.Config, msg: Any) -> None:
     """Replay a warning of the test's box through ``pytest_warning_recorded`` (as
@@ -428,31 +440,46 @@ def _signame(sig: int) -> str:
 
 def crash_cause(outcome: Outcome, spec: BoxSpec) -> str | None:
     """Why the test's process ended before its reports did, in the user's words; None
-    when it ended well."""
+    when it ended well.
+
+    Memory is named only for what the OOM killer does: SIGKILL to the test's process, or
+    the end of its box's PID 1, while the test's cgroup counted OOM kills. A process that
+    exited, or died of another signal, is named so, with the kills the cgroup counted (a
+    subprocess killed for memory before it) added as a note."""
     done = outcome.done
     stats = outcome.stats
     if outcome.timed_out is not None:
         return f"timed out after {outcome.timed_out:g} s"
     status: int | None = done.status if done is not None else None
-    if done is not None and done.error and status is None:
-        return str(done.error)
-    oom = bool(stats and stats.oom_kills)
-    killed = status is not None and os.WIFSIGNALED(status)
+    kills = int(stats.oom_kills) if stats and stats.oom_kills else 0
+    signalled = status is not None and os.WIFSIGNALED(status)
     complete = any(r.when == "teardown" for r in outcome.reports)
-    if oom and (killed or status is None or not complete):
+    if kills and (status is None or (signalled and os.WTERMSIG(status) == signal.SIGKILL)):
         from ..units import format_size
 
         peak = f" (peak {format_size(stats.memory_peak)})" if stats.memory_peak else ""
         if spec.memory:
-            return f"exceeded memory={short_size(spec.memory)}{peak}"
-        return f"killed for memory with no memory limit of its own{peak}"
-    if killed and status is not None:
-        return f"killed by {_signame(os.WTERMSIG(status))}"
-    if status is not None and os.WIFEXITED(status) and not complete:
-        return f"its process exited with status {os.WEXITSTATUS(status)} before the test ended"
+            cause = f"exceeded memory={short_size(spec.memory)}{peak}"
+        else:
+            cause = f"killed for memory with no memory limit of its own{peak}"
+        return f"{cause}: {done.error}" if done is not None and done.error else cause
     if status is None:
-        return "its box ended before the test did"
-    return None
+        return str(done.error) if done is not None and done.error else \
+            "its box ended before the test did"
+    if signalled:
+        cause = f"killed by {_signame(os.WTERMSIG(status))}"
+    elif not complete:
+        cause = f"its process exited with status {os.WEXITSTATUS(status)} before the test ended"
+    else:
+        return None
+    return f"{cause} ({oom_note(kills, spec)})" if kills else cause
+
+
+def oom_note(kills: int, spec: BoxSpec) -> str:
+    """How many processes of the test's box the kernel killed for memory, and its limit."""
+    limit = f"memory={short_size(spec.memory)}" if spec.memory else "no memory limit of its own"
+    return (f"the kernel killed {kills} process{'es' if kills > 1 else ''} of the test's box "
+            f"for memory, at {limit}")
 
 
 def finish_reports(item: pytest.Item, outcome: Outcome, spec: BoxSpec,
@@ -490,6 +517,10 @@ def finish_reports(item: pytest.Item, outcome: Outcome, spec: BoxSpec,
                                       str(wider.longrepr)))
     if done is not None:
         teardown.sections.extend(tuple(s) for s in done.sections)
+    kills = int(outcome.stats.oom_kills) if outcome.stats and outcome.stats.oom_kills else 0
+    failed = next((r for w, r in reports.items() if r.failed and w != "teardown"), None)
+    if cause is None and kills and (failed or teardown.failed):
+        (failed or teardown).sections.append(("nsbox isolate: OOM kills", oom_note(kills, spec)))
     teardown.user_properties.extend(properties)
     reports["teardown"] = teardown
     ordered = [reports[w] for w in _PHASES if w in reports]

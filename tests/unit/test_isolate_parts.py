@@ -182,6 +182,28 @@ def test_crash_causes() -> None:
     assert crash_cause(_outcome(None, (), error="no box"), spec) == "no box"
 
 
+def test_memory_is_named_only_for_what_the_oom_killer_does() -> None:
+    """The OOM killer sends SIGKILL (mm/oom_kill.c ``__oom_kill_process``): a test process
+    that exited, or died of another signal, after a subprocess was killed for memory is
+    named as it ended, with the kills as a note; a box whose PID 1 the killer took is
+    named for memory, with what ended it."""
+    spec = BoxSpec.from_kwargs({"memory": "64M"})
+    note = "the kernel killed 1 process of the test's box for memory, at memory=64M"
+    assert crash_cause(_outcome(3 << 8, ("setup",), oom=1), spec) == \
+        f"its process exited with status 3 before the test ended ({note})"
+    assert crash_cause(_outcome(11, ("setup",), oom=1), spec) == f"killed by SIGSEGV ({note})"
+    assert crash_cause(_outcome(9, ("setup",), oom=2), spec) == \
+        "exceeded memory=64M (peak 64.0 MiB)"
+    ended = "the test's box ended before its test did (its PID 1 was killed by signal 9)"
+    assert crash_cause(_outcome(None, ("setup",), oom=1, error=ended), spec) == \
+        f"exceeded memory=64M (peak 64.0 MiB): {ended}"
+    assert crash_cause(_outcome(None, ("setup",), error=ended), spec) == ended
+    assert crash_cause(_outcome(0, ("setup", "call", "teardown"), oom=3), spec) is None
+    unlimited = BoxSpec.from_kwargs({})
+    assert crash_cause(_outcome(9, ("setup",), oom=1), unlimited) == \
+        "killed for memory with no memory limit of its own (peak 64.0 MiB)"
+
+
 def test_ini_defaults_cover_every_marker_key_but_name() -> None:
     """One ini line per key (``nsbox_<key>``), so a suite can set any of them for every
     test (``nsbox_cap_add = NET_ADMIN``)."""
