@@ -558,7 +558,7 @@ class _Isolation(_PerTest):
         stats = outcome.stats
         props = properties(memory_peak=stats.memory_peak if stats else None,
                            cpu_seconds=stats.cpu_seconds if stats else None,
-                           wall_seconds=outcome.wall, oom_kills=stats.oom_kills if stats else 0
+                           wall_seconds=outcome.call_seconds(), oom_kills=stats.oom_kills if stats else 0
                            ) if item.config.getoption("nsbox_stats", None) is not None else []
         if spec.timeout is not None and outcome.timed_out is not None:
             outcome.timed_out = spec.timeout

@@ -304,8 +304,9 @@ class Sampler:
     readings after the first becomes one (the later one's time, CPU and OOM count, the
     larger memory figure) and the thread reads half as often; it starts every
     ``interval`` seconds (``FIRST_INTERVAL``). Reading ends, quietly, when the source is
-    gone: ``stats()`` raises (``NsboxError``, ``OSError``), a ``Box`` is ``closed``, or
-    the CPU time goes down (a removed cgroup reads as zero). ``done(series)`` is called
+    gone: ``stats()`` raises (``NsboxError``, ``OSError``), a ``Box`` is ``closed`` (after
+    one last reading, its final figures), or the CPU time goes down (a removed cgroup
+    reads as zero). ``done(series)`` is called
     once, by ``stop()``. Raises ``ValueError`` for fewer than 4 samples or an interval
     that is not a positive number of seconds."""
 
@@ -382,12 +383,13 @@ class Sampler:
                 return
 
     def _read(self) -> bool:
-        """One reading; False when the source is gone."""
+        """One reading; False when the source is gone. A closed ``Box`` gives one last
+        reading, its final ``stats()`` (taken as it closed), so kills in its last moments
+        are in the series too."""
         from .errors import NsboxError
 
         try:
-            if getattr(self.source, "closed", False):
-                return False
+            closed = bool(getattr(self.source, "closed", False))
             stats = self.source.stats()
         except (NsboxError, OSError):
             return False
@@ -406,7 +408,7 @@ class Sampler:
             self._oom.append(stats.oom_kills)
             if len(self._times) >= self.max_samples:
                 self._halve()
-        return True
+        return not closed
 
     def _halve(self) -> None:
         """Keep the first reading; merge each following pair into its later reading with

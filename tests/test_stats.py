@@ -134,6 +134,41 @@ def test_junit_xml_carries_the_figures_as_properties(pytester):
         assert f"{float(props[name][WALL_SECONDS]):.2f}" == row["wall"]
 
 
+def test_an_isolated_tests_wall_seconds_are_its_call_phase(pytester):
+    """``nsbox_wall_seconds`` of an isolated test is its call phase, as for a test with
+    boxes: a fixture's second of setup and of teardown is not in it, the call's 0.3 s is;
+    a test that fails in setup has 0."""
+    pytester.makepyfile("""
+        import time
+        import pytest
+
+        @pytest.fixture
+        def slow():
+            time.sleep(1)
+            yield
+            time.sleep(1)
+
+        @pytest.fixture
+        def broken():
+            time.sleep(0.5)
+            raise RuntimeError("setup breaks")
+
+        @pytest.mark.sandbox(memory="64M")
+        def test_isolated(slow):
+            time.sleep(0.3)
+
+        @pytest.mark.sandbox(memory="64M")
+        def test_setup_fails(broken):
+            pass
+    """)
+    result = pytester.runpytest_subprocess(*ARGS, "--nsbox-isolate", "--nsbox-stats",
+                                           "--junitxml=out.xml")
+    result.assert_outcomes(passed=1, errors=1)
+    props = junit_properties(pytester.path / "out.xml")
+    assert 0.3 <= float(props["test_isolated"][WALL_SECONDS]) < 1.0
+    assert float(props["test_setup_fails"][WALL_SECONDS]) == 0
+
+
 def test_a_tests_boxes_largest_peak_summed_cpu_and_oom_kills(pytester):
     """Several boxes in one test: peak memory is the largest box's peak (what a box's
     ``memory=`` is compared with), CPU seconds and OOM kills the sum of the boxes'; each

@@ -100,8 +100,9 @@ def test_a_sampler_keeps_at_most_its_bound_and_the_peak_and_the_oom_kill():
 @pytest.mark.parametrize("gone", ["raises", "closed", "cpu goes down"])
 def test_a_sampler_stops_quietly_when_its_source_is_gone(gone):
     """A source whose ``stats()`` raises ``CgroupError``, a closed ``Box``, or CPU time
-    going down (a removed cgroup's files read as zero) ends the readings; the series
-    holds those before, and ``stop()`` returns it without an error."""
+    going down (a removed cgroup's files read as zero) ends the readings (a closed
+    ``Box`` after one last reading); the series holds those before, and ``stop()``
+    returns it without an error."""
     source = Script(lambda n: (MIB, (n if gone != "cpu goes down" or n < 5 else 0) / 100, 0),
                     fail_at=5 if gone == "raises" else None)
     name = f"gone-{id(source)}"
@@ -116,6 +117,19 @@ def test_a_sampler_stops_quietly_when_its_source_is_gone(gone):
     assert source.calls == calls  # no reading after the source was gone
     assert 5 <= len(series.times) <= calls
     assert series.cpu == sorted(series.cpu)
+
+
+def test_a_box_closed_before_stop_gives_its_final_figures_as_the_last_reading():
+    """A test that closes its box itself: the sampler's next reading is the box's final
+    ``stats()`` (taken as it closed, what the table shows), so an OOM kill in its last
+    moments is marked on the chart too; then the readings end."""
+    sources: list[Script] = []
+    sources.append(Script(lambda n: (MIB, n / 100, 2 if sources[0].closed else 0)))
+    sampler = Sampler(sources[0], name="closes-itself", interval=60).start()
+    sources[0].closed = True
+    series = sampler.stop()
+    assert series.oom == [0, 2] and [kills for _, kills in series.oom_marks()] == [2]
+    assert sources[0].calls == 2
 
 
 @pytest.mark.parametrize("keys, message", [
