@@ -47,7 +47,7 @@ HELP_UNAVAILABLE = ("what a test gets whose box asks for a limit this host canno
                     "warn (the box runs without it)")
 HELP_IMAGES_DIR = "folder of fixtures images (NAME/Containerfile), relative to rootdir"
 HELP_ISOLATE = ("run every collected test body inside its own box (marker keys still apply; "
-                "needs the 'host' image)")
+                "a marker's isolate=False keeps its tests out; needs the 'host' image)")
 HELP_POOL = ("warm pool: prepare up to N boxes for the next tests while the current one runs "
              "(default 0: off)")
 HELP_IMAGE_CACHE = ("shared build cache, REGISTRY/REPO: Containerfile steps are looked up "
@@ -451,8 +451,11 @@ def _isolation_spec(item: pytest.Item, isolate_all: bool) -> BoxSpec | None:
         return None
     try:
         spec = _item_spec(item)
+        stated = any("isolate" in kwargs for kwargs in _marker_kwargs(item) or [])
     except Exception:
         return None
+    if stated:  # the closest marker that says wins over --nsbox-isolate and the ini
+        return spec if spec.isolate else None
     return spec if (isolate_all or spec.isolate) else None
 
 

@@ -487,6 +487,45 @@ def test_ini_isolate_and_marker(pytester: pytest.Pytester) -> None:
     pytester.runpytest_subprocess(*ARGS).assert_outcomes(passed=1, failed=1)
 
 
+@pytest.mark.parametrize("how", ["--nsbox-isolate", "ini nsbox_isolate = true"])
+def test_a_marker_with_isolate_false_keeps_its_test_out(pytester: pytest.Pytester,
+                                                        how: str) -> None:
+    """``sandbox(isolate=False)`` on a test, or on its class or module, runs it in the
+    pytest process under ``--nsbox-isolate`` or the ini option too: the closest marker
+    that states a key wins, as for every key; a closer ``isolate=True`` puts a test of a
+    module marked ``isolate=False`` back in."""
+    pytester.makepyfile(test_some="""
+        import os
+        import pytest
+
+        pytestmark = pytest.mark.sandbox(isolate=False)
+
+        def test_module_says_here():
+            assert os.environ.get("NSBOX_ISOLATED") is None
+
+        @pytest.mark.sandbox(isolate=True)
+        def test_closer_says_box():
+            assert os.environ.get("NSBOX_ISOLATED") == "1"
+    """)
+    pytester.makepyfile(test_other="""
+        import os
+        import pytest
+
+        @pytest.mark.sandbox(memory="64M")
+        def test_unstated_is_isolated():
+            assert os.environ.get("NSBOX_ISOLATED") == "1"
+
+        def test_unmarked_is_isolated():
+            assert os.environ.get("NSBOX_ISOLATED") == "1"
+    """)
+    args = list(ARGS)
+    if how.startswith("ini"):
+        pytester.makeini("[pytest]\nnsbox_isolate = true\n")
+    else:
+        args.append(how)
+    pytester.runpytest_subprocess(*args).assert_outcomes(passed=4)
+
+
 def test_xdist_with_isolation_matches_xdist(pytester: pytest.Pytester) -> None:
     """``-n 2 --nsbox-isolate`` gives the outcomes ``-n 2`` gives; each xdist worker has
     its own isolation worker, so a session fixture is set up once per xdist worker."""
