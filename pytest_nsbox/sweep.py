@@ -14,6 +14,8 @@ start time must still name a live process). ``collect`` removes, for dead owners
 - ``<run>/owners/*.lock`` files nobody holds and no box refers to;
 - half-written image layers (``<store|run>/tmp/<key>.<rand>``) older than ten minutes whose
   build lock is free (in the store, while no build holds the store lock either);
+- ``<run>/<kind>-<pid>-<start time>-*`` folders (``process_dir_prefix``: an isolation
+  session's socket) whose process is gone;
 - mounts of source ``nsbox`` in this mount namespace (boxes mount only in their own);
 - what the network module collects (switch namespaces, address leases), when it exists.
 
@@ -39,7 +41,7 @@ from .state import StateDirs
 from .kernel.fs import remove_tree, try_flock
 from .runtime.owner import as_owner
 from .kernel import mountinfo
-from .kernel.proc import is_namespace_init, start_time
+from .kernel.proc import is_namespace_init, own_start_time, start_time
 from .records import BoxInfo, age_of as _age, scan_boxes
 from . import records
 
@@ -268,6 +270,22 @@ class _Collector:
         self.removed.extend(done)
         self.problems.extend(problems)
 
+    # folders of one process
+    def process_dirs(self) -> None:
+        """``<run>/<kind>-<pid>-<start time>-*`` folders whose process is gone (that pid
+        is not alive with that start time): removed, never below a mount."""
+        try:
+            entries = sorted(os.scandir(self.dirs.run), key=lambda e: e.name)
+        except FileNotFoundError:
+            return
+        for entry in entries:
+            match = _PROCESS_DIR.match(entry.name)
+            if match is None or not entry.is_dir(follow_symlinks=False):
+                continue
+            if start_time(int(match[2])) == int(match[3]):
+                continue
+            self.act(f"run folder {entry.path} (its process is gone)", remove_tree, entry.path)
+
     # owner locks
     def owner_locks(self, referenced: set[str]) -> None:
         owners = os.path.join(self.dirs.run, "owners")
@@ -369,6 +387,19 @@ class _Collector:
         self.removed.extend(str(line) for line in lines or [])
 
 
+#: ``process_dir_prefix``'s folders: kind, pid, start time, mkdtemp's random part.
+_PROCESS_DIR = re.compile(r"^(isolate)-(\d+)-(\d+)-[a-z0-9_]+$")
+
+
+def process_dir_prefix(kind: str) -> str:
+    """The name prefix of a ``<run>`` folder that belongs to this process alone (for
+    ``tempfile.mkdtemp(prefix=...)``): ``collect`` removes it once this process is gone,
+    killed or crashed. ``kind`` is one ``_PROCESS_DIR`` knows (``isolate``)."""
+    if _PROCESS_DIR.match(f"{kind}-1-1-x") is None:
+        raise ValueError(f"kind={kind!r}: not a kind of process folder gc knows")
+    return f"{kind}-{os.getpid()}-{own_start_time()}-"
+
+
 def collect(dirs: StateDirs, *, dry_run: bool = False, cgroup_parent: str | None = None,
             cgroups: Any = None, lock_timeout: float = LOCK_TIMEOUT,
             kept: bool = False) -> list[str]:
@@ -398,6 +429,7 @@ def collect(dirs: StateDirs, *, dry_run: bool = False, cgroup_parent: str | None
         c.placements()
         c.mounts()
         c.owner_locks(c.held_locks)
+        c.process_dirs()
         c.tmp_layers()
         c.network()
         if kept:

@@ -14,6 +14,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -290,6 +291,32 @@ def test_young_leftovers_may_still_be_in_the_making(state):
     for kept in (starting, young_tmp, state.cgroup("00young00"), young_lock):
         assert os.path.exists(kept), kept
     assert [b.state for b in records.scan_boxes(state.dirs)] == ["starting"]
+
+
+def test_a_killed_sessions_isolation_folder_goes_a_live_ones_stays(state):
+    """``<run>/isolate-<pid>-<start time>-*`` (an isolation session's socket folder,
+    ``sweep.process_dir_prefix``) is removed once its pytest is gone, killed or crashed:
+    that pid no longer lives with that start time. This process's folder, another
+    kind of name, and a file of that name stay."""
+    os.makedirs(state.dirs.run)
+    ours = tempfile.mkdtemp(prefix=sweep.process_dir_prefix("isolate"), dir=state.dirs.run)
+    reused = os.path.join(state.dirs.run, f"isolate-{os.getpid()}-1-abc")  # pid reused
+    killed = os.path.join(state.dirs.run, f"isolate-{state.dead_pid}-12345-k1ll3d")
+    other = os.path.join(state.dirs.run, f"isolated-{state.dead_pid}-1-x")
+    for folder in (reused, killed, other):
+        os.mkdir(folder)
+    for folder in (ours, reused, killed):
+        open(os.path.join(folder, "sock"), "w").close()  # a socket there, in real runs
+    plain = os.path.join(state.dirs.run, f"isolate-{state.dead_pid}-1-file")
+    open(plain, "w").close()
+    removed = state.collect()
+    assert removed == [f"removed run folder {path} (its process is gone)"
+                       for path in sorted((reused, killed))]
+    assert not os.path.exists(reused) and not os.path.exists(killed)
+    for kept in (ours, other, plain):
+        assert os.path.exists(kept), kept
+    with pytest.raises(ValueError, match="kind='box': not a kind of process folder gc knows"):
+        sweep.process_dir_prefix("box")
 
 
 def test_store_tmp_dirs_stay_while_a_build_holds_the_store(state, old):

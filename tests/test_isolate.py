@@ -10,6 +10,7 @@ the same file report by report.
 from __future__ import annotations
 
 import json
+import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,48 @@ def test_a_subprocess_killed_for_memory_is_a_note_not_the_cause(
     result.stdout.fnmatch_lines(["*test_asserts*", "*assert -9 == 0*",
                                  "*nsbox isolate: OOM kills*", note])
     result.stdout.no_fnmatch_line("*exceeded memory*")
+
+
+def test_gc_removes_what_a_killed_isolation_session_left(pytester: pytest.Pytester) -> None:
+    """``kill -9`` of a pytest in the middle of an isolated test: its socket folder
+    (``<run>/isolate-<pid>-<start time>-*``) has no one left to remove it, so the next
+    ``gc`` does, with the worker's box; nothing of it keeps running."""
+    import glob
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from pytest_nsbox import sweep
+    from pytest_nsbox.state import StateDirs
+
+    pytester.makepyfile(test_slow="""
+        import time
+
+        def test_sleeps():
+            time.sleep(60)
+    """)
+    run = StateDirs.default().run
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "--nsbox-isolate", *ARGS],
+                            cwd=pytester.path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        pattern = os.path.join(run, f"isolate-{proc.pid}-*")
+        deadline = time.monotonic() + 60
+        while not glob.glob(pattern) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        folder, = glob.glob(pattern)
+        time.sleep(1)  # the test is running in its box
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert os.path.isdir(folder)
+    try:
+        removed = sweep.collect(StateDirs.default())
+    except sweep.GcIncomplete as exc:  # something of another run; ours is checked below
+        removed = exc.removed
+    assert f"removed run folder {folder} (its process is gone)" in removed
+    assert not os.path.exists(folder)
 
 
 def test_the_oom_killer_picks_the_test_not_its_boxs_pid_1(pytester: pytest.Pytester) -> None:

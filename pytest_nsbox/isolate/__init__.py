@@ -120,12 +120,14 @@ class Worker:
         """Start the worker's box and process and wait for its collection. Raises
         ``WorkerGone`` (with the worker's output) when it ends before it is ready."""
         from ..model.spec import BoxSpec
+        from ..sweep import process_dir_prefix
         from .messages import Ready, Start, recv, send
         from .worker import CHANNEL_DIR
 
         engine = self._engine()
         os.makedirs(engine.dirs.run, 0o700, exist_ok=True)
-        self.dir = tempfile.mkdtemp(prefix="isolate-", dir=engine.dirs.run)
+        # named for this process, so gc removes it when pytest was killed
+        self.dir = tempfile.mkdtemp(prefix=process_dir_prefix("isolate"), dir=engine.dirs.run)
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             listener.bind(os.path.join(self.dir, "sock"))
