@@ -49,10 +49,11 @@ def box_section(box: Box) -> str:
 
 
 def oom_line(box: Box) -> str | None:
-    """``box 'x': memory limit 64.0 MiB reached (peak 64.0 MiB), process killed``.
+    """``box 'x': memory limit 64.0 MiB reached (peak 64.0 MiB), 2 processes killed``.
 
     Said when any command's result has ``oom_killed`` or the box cgroup counted an OOM
-    kill (of any of its processes, child cgroups included).
+    kill (of any of its processes, child cgroups included); the count is the cgroup's
+    (``process killed`` where its figures cannot be read).
     """
     try:
         stats = box.stats()
@@ -64,7 +65,9 @@ def oom_line(box: Box) -> str | None:
     limit = stats.memory_limit if stats else box.spec.memory
     peak = stats.memory_peak if stats else None
     peak_text = f" (peak {format_size(peak)})" if peak else ""
+    kills = stats.oom_kills if stats else 0
+    what = f"{kills} process{'es' if kills > 1 else ''} killed" if kills else "process killed"
     if not limit:  # the kernel killed for the host's memory or a parent cgroup's limit
         return (f"box {box.name!r}: out of memory with no memory limit of its own (the host's "
-                f"or a parent cgroup's ran out){peak_text}, process killed")
-    return f"box {box.name!r}: memory limit {format_size(limit)} reached{peak_text}, process killed"
+                f"or a parent cgroup's ran out){peak_text}, {what}")
+    return f"box {box.name!r}: memory limit {format_size(limit)} reached{peak_text}, {what}"

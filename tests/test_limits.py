@@ -36,7 +36,7 @@ def test_oom_is_reported_in_the_failure(pytester):
     result.stdout.fnmatch_lines([
         "*nsbox boxes*",
         "*$ dd if=/dev/zero of=/dev/null bs=200M count=1  -> killed: out of memory in *",
-        "box 'hog': memory limit 64.0 MiB reached (peak 6*MiB), process killed",
+        "box 'hog': memory limit 64.0 MiB reached (peak 6*MiB), * killed",
     ])
 
 

@@ -220,7 +220,7 @@ def test_oom_of_a_child_in_the_failure_report(pytester):
     result.stdout.fnmatch_lines([
         "*nsbox boxes*",
         f"*$ {HOG} | cat  -> exit 0; out of memory: the kernel killed a process of the box in *",
-        "box 'piped': memory limit 64.0 MiB reached (peak 6*MiB), process killed",
+        "box 'piped': memory limit 64.0 MiB reached (peak 6*MiB), * killed",
     ])
 
 
@@ -243,9 +243,11 @@ class _StatsOnlyBox:
 
 
 @pytest.mark.parametrize("limit, kills, line", [
-    (64 * 1024**2, 1, "box 'b': memory limit 64.0 MiB reached (peak 2.0 MiB), process killed"),
+    (64 * 1024**2, 1, "box 'b': memory limit 64.0 MiB reached (peak 2.0 MiB), 1 process killed"),
+    (64 * 1024**2, 3, "box 'b': memory limit 64.0 MiB reached (peak 2.0 MiB), 3 processes "
+                      "killed"),
     (None, 1, "box 'b': out of memory with no memory limit of its own (the host's or a parent "
-              "cgroup's ran out) (peak 2.0 MiB), process killed"),
+              "cgroup's ran out) (peak 2.0 MiB), 1 process killed"),
     (64 * 1024**2, 0, None),
 ])
 def test_report_memory_line(limit, kills, line):
