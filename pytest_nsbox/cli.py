@@ -262,6 +262,7 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
         fds.append(pidns)
         root = os.open("root", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=proc)
         fds.append(root)
+        score = _command_oom_score(proc)
         if readable([pidfd], 0):
             raise CliError(f"box {box.id}: its init (pid {pid}) exited; {HINT_GC}")
         # The box's own environment for its commands (image ENV, marker env), as
@@ -287,7 +288,7 @@ def enter(box: records.BoxInfo, argv: list[str], backend: Any) -> int:
         if child == 0:
             if user is not None:
                 _enter_userns(box, user, pidns)
-            _enter_child(box, argv, env, procs, ns, root)
+            _enter_child(box, argv, env, procs, ns, root, score)
     except OSError as exc:
         raise CliError(f"cannot enter box {box.id}: {exc.strerror or exc}"
                        + (f": {exc.filename}" if exc.filename else "")) from None
@@ -331,10 +332,30 @@ def _enter_userns(box: records.BoxInfo, user: int, pidns: int) -> None:
     os._exit(128 - code if code < 0 else code)
 
 
+def _command_oom_score(proc: int) -> int | None:
+    """The ``oom_score_adj`` a command of the box has, from its init's (``proc``: its
+    ``/proc/<pid>`` directory) as ``kernel.proc.choose_oom_scores`` pairs them: 0 beside
+    an init at -999, else 1000; None when the init's cannot be read."""
+    from .kernel import proc as kproc
+
+    try:
+        fd = os.open("oom_score_adj", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc)
+        try:
+            init = int(os.read(fd, 32))
+        finally:
+            os.close(fd)
+    except (OSError, ValueError):
+        return None
+    privileged = kproc.OOM_SCORES_PRIVILEGED
+    return privileged[1] if init == privileged[0] else kproc.OOM_SCORE_UNPRIVILEGED
+
+
 def _enter_child(box: records.BoxInfo, argv: list[str], env: dict[str, str], procs: list[str],
-                 ns: dict[str, int], root: int) -> None:
-    """In the forked child: join cgroup and namespaces, take the box's root, exec."""
+                 ns: dict[str, int], root: int, score: int | None = None) -> None:
+    """In the forked child: join cgroup and namespaces, take the box's root, take a
+    command's OOM score (``score``, best effort), exec."""
     from .kernel import libc
+    from .kernel import proc as kproc
 
     step = "start"
     try:
@@ -350,6 +371,8 @@ def _enter_child(box: records.BoxInfo, argv: list[str], env: dict[str, str], pro
         for name, flag in ENTER_NAMESPACES:
             step = f"join its {name} namespace"
             libc.setns(ns[name], getattr(libc, flag))
+        if score is not None:  # what the OOM killer picks first, as the box's commands
+            kproc.set_oom_score(score)
         step = "enter its root"
         os.fchdir(root)
         os.chroot(".")

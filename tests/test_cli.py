@@ -72,6 +72,12 @@ def test_enter_runs_a_command_inside_the_box():
         assert result.returncode == 0, result.stderr
         assert result.stdout.splitlines() == ["inside", "pid1-visible", "nsbox-init"]
         assert cli("enter", "cli-enter", "sh", "-c", "exit 7").returncode == 7
+        # what the OOM killer picks first, as the box's own commands, not the init
+        score = box.run("cat /proc/self/oom_score_adj").stdout
+        entered = cli("enter", "cli-enter", "cat", "/proc/self/oom_score_adj")
+        with open(f"/proc/{box.pid}/oom_score_adj", encoding="ascii") as f:
+            init = f.read()  # read here: around a spawn, the init takes the command's
+        assert entered.stdout == score != init, (score, init)
 
 
 def test_enter_gets_the_boxs_environment_and_working_directory(tmp_path):
