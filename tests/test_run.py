@@ -91,6 +91,16 @@ def test_spawn_poll_wait_kill(nsbox):
     assert slow.wait(timeout=0.2).timed_out
 
 
+def test_a_spawned_commands_duration_ends_when_it_exits_not_when_waited_for(nsbox):
+    """``RunResult.duration`` of a spawned command is its own lifetime (the init's reap
+    time, ``Exited.ended``), as ``docker inspect``'s StartedAt to FinishedAt is: a
+    ``wait()`` a second after it ended does not add that second."""
+    quick = nsbox.spawn(["true"])
+    nsbox.run("sleep 1", check=True)
+    waited = quick.wait(timeout=10)
+    assert waited.returncode == 0 and 0 <= waited.duration < 0.8, waited
+
+
 def test_spawned_server_keeps_running_while_output_is_large(nsbox):
     proc = nsbox.spawn("yes | head -c 5000000; touch /tmp/written; sleep 30")
     done = nsbox.run("until [ -e /tmp/written ]; do sleep 0.05; done; echo alive", timeout=30)

@@ -410,7 +410,7 @@ class _Init(ChildServer):
         sock = self.children.pop(pid, None)  # else an orphan: reaped, nothing to tell
         if sock is not None:
             try:
-                protocol.send(sock, protocol.Exited(status=status))
+                protocol.send(sock, protocol.Exited(status=status, ended=time.monotonic()))
             except OSError:
                 pass
             sock.close()

@@ -59,6 +59,7 @@ class Process:
         self._status: int | None = None
         self._oom_before: int | None = None
         self._oom_after: int | None = None
+        self._ended: float | None = None  # when the init reaped it (``Exited.ended``)
         self._exec_error: str | None = None
         self._exec_errno = 0
         self._timed_out = False
@@ -137,6 +138,7 @@ class Process:
             # The command's lifetime ends here: OOM kills later belong to later commands.
             self._oom_after = self._oom_count()
             self._status = msg.status
+            self._ended = msg.ended
             self._unregister(self._status_sock)
         else:
             raise protocol.unexpected(msg, f"command {self.args!r} in box {self.box.name!r}")
@@ -272,7 +274,8 @@ class Process:
         else:
             returncode = os.WEXITSTATUS(status)
         return RunResult(args=self.args, returncode=returncode, stdout_bytes=b"".join(self._out),
-                         stderr_bytes=stderr, duration=time.monotonic() - self._started,
+                         stderr_bytes=stderr,
+                         duration=max(0.0, (self._ended or time.monotonic()) - self._started),
                          oom_killed=self._oom_killed(), timed_out=self._timed_out)
 
     def _oom_count(self) -> int | None:

@@ -223,11 +223,15 @@ class ExecFailed:
 
 @dataclass(frozen=True)
 class Exited:
-    """box init -> status socket: the command's wait status (``os.waitpid``)."""
+    """box init -> status socket: the command's wait status (``os.waitpid``) and when the
+    init reaped it (``ended``: ``time.monotonic()`` seconds; CLOCK_MONOTONIC is the host's
+    in every box, nsbox makes no time namespace), so a command waited for late still has
+    its own duration."""
 
     kind: ClassVar[str] = "exited"
     fds: ClassVar[int] = 0
     status: int
+    ended: float
 
 
 Message = Union[CreateBox, BoxCreated, CreateFailed, BoxReady, SetupFailed, Exec, Kill,

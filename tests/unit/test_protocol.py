@@ -55,7 +55,7 @@ EXAMPLES: list[protocol.Message] = [
     Kill(pid=7, signal=9),
     Started(pid=7),
     ExecFailed(error="No such file or directory: nope", errno=2),
-    Exited(status=256),
+    Exited(status=256, ended=12345.25),
 ]
 
 
