@@ -124,7 +124,7 @@ def test_timed_out_command_with_an_oom_kill(nsbox):
     assert result.returncode == -9
 
 
-@pytest.mark.sandbox(image="busybox", memory="16M")
+@pytest.mark.sandbox(image="busybox", memory="64M")
 def test_the_oom_killer_picks_the_commands_processes_not_the_init(nsbox):
     """The box's init (a Python process, larger than most commands) must not be what the
     OOM killer picks: with CAP_SYS_RESOURCE it lowers its own ``oom_score_adj`` to -999
@@ -132,12 +132,13 @@ def test_the_oom_killer_picks_the_commands_processes_not_the_init(nsbox):
     it, as this one does) commands get 1000, as Kubernetes' BestEffort pods do
     (pkg/kubelet/qos/policy.go). A command's children forked at once have its score too
     (proc(5): inherited), since the init takes the command's score around the spawn. At
-    16M, a pipeline whose ``tail`` holds 50 MB is killed three times and the box lives.
+    64M, a pipeline whose ``tail`` holds 200 MB is killed three times and the box lives,
+    with a command beside it (``sleep``) that a second kill would take first.
 
-    A command stays alive beside the pipeline (``sleep``): when the hog is slow to exit
-    (the VM's emulation), the OOM reaper marks it skipped (``MMF_OOM_SKIP``,
-    mm/oom_kill.c) and the next failed charge needs another victim; with no command left
-    the init would be the only process to pick, whatever its score."""
+    The score adds ``oom_score_adj / 1000`` of the limit to a process's resident pages
+    (mm/oom_kill.c ``oom_badness``): at a limit below the init's own resident size (about
+    25 MB, shared library pages included) it cannot outweigh it, and the init may be a
+    second victim while a killed hog is slow to exit (seen at 16M in the VM)."""
     scores = nsbox.run("cat /proc/self/oom_score_adj; (cat /proc/self/oom_score_adj) | cat; "
                        "cat /proc/1/oom_score_adj").stdout.split()
     command, child, init = scores
@@ -145,9 +146,9 @@ def test_the_oom_killer_picks_the_commands_processes_not_the_init(nsbox):
     assert (init, command) == ("-999", "0") or (command == "1000" and int(init) < 1000)
     bystander = nsbox.spawn(["sleep", "600"])
     for _ in range(3):
-        assert nsbox.run("head -c 52428800 /dev/zero | tail | wc -c", timeout=60).oom_killed
+        assert nsbox.run("head -c 209715200 /dev/zero | tail | wc -c", timeout=120).oom_killed
         assert nsbox.run("echo alive").stdout == "alive\n"
-        if bystander.poll() is not None:  # it was the second victim: another one
+        if bystander.poll() is not None:  # it was a second victim: another one
             bystander = nsbox.spawn(["sleep", "600"])
     bystander.kill()
 
