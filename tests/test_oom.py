@@ -136,8 +136,8 @@ def test_the_oom_killer_picks_the_commands_processes_not_the_init(nsbox):
     with a command beside it (``sleep``) that a second kill would take first.
 
     The score adds ``oom_score_adj / 1000`` of the limit to a process's resident pages
-    (mm/oom_kill.c ``oom_badness``): at a limit below the init's own resident size (about
-    25 MB, shared library pages included) it cannot outweigh it, and the init may be a
+    (mm/oom_kill.c ``oom_badness``): at a limit near the init's own resident size (about
+    16 MB here, shared library pages included) it cannot outweigh it, and the init may be a
     second victim while a killed hog is slow to exit (seen at 16M in the VM)."""
     scores = nsbox.run("cat /proc/self/oom_score_adj; (cat /proc/self/oom_score_adj) | cat; "
                        "cat /proc/1/oom_score_adj").stdout.split()
